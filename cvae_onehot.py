@@ -32,6 +32,7 @@ from training_loops import (
     evaluate_per_image,
     load_mnist_images,
     make_dataset,
+    make_reproducible,
     parse_hyperparameters,
     run_main,
     save_json,
@@ -181,7 +182,7 @@ def main(argv=None):
     config = parse_hyperparameters(globals(), argv)
     output_dir = config.output_dir
     check_resumable(config, output_dir)
-    keras.utils.set_random_seed(config.seed)
+    make_reproducible(config.seed)
     save_json(vars(config), output_dir / "config.json")
 
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(

@@ -189,7 +189,7 @@ class VAE(keras.Model):
         """Decodes z; a conditional model takes the labels from `inputs`."""
         if self.conditional:
             _, labels = inputs
-            return self.decoder([z, labels], training=training)
+            return self.decoder([z, ops.convert_to_tensor(labels)], training=training)
         return self.decoder(z, training=training)
 
     def call(self, inputs, training=False):
@@ -680,6 +680,14 @@ def check_resumable(config, output_dir):
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
+
+
+def make_reproducible(seed):
+    """Same seed, same run: seeds Python, NumPy and TensorFlow, and asks
+    TensorFlow for deterministic kernels (otherwise multi-threaded sums may
+    add in a different order and two runs drift apart in the last digits)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,0 +1,77 @@
+"""The one-hot CVAE: the seed's architecture, learning, evaluating, saving."""
+
+import keras
+import numpy as np
+import pytest
+
+import cvae_onehot
+from training_loops import make_dataset, make_reproducible
+
+
+@pytest.fixture
+def digits_batch():
+    rng = np.random.default_rng(0)
+    images = (rng.uniform(size=(256, 28, 28, 1)) > 0.8).astype("float32")
+    digits = rng.integers(0, 10, 256)
+    return images, digits
+
+
+def concatenation_widths(model):
+    return [layer.output.shape[-1] for layer in model.layers
+            if isinstance(layer, keras.layers.Concatenate)]
+
+
+def test_architecture_matches_the_seed():
+    vae = cvae_onehot.build_vae(latent_dim=2, seed=0)
+    assert vae.encoder.count_params() == 422_148
+    assert vae.decoder.count_params() == 96_449
+    assert vae.count_params() == 518_597
+    assert concatenation_widths(vae.encoder) == [3146]  # 3136 image features + 10
+    assert concatenation_widths(vae.decoder) == [12]  # z (2) + one-hot label (10)
+
+
+def test_shapes_through_the_model(digits_batch):
+    images, digits = digits_batch
+    vae = cvae_onehot.build_vae(latent_dim=3, seed=0)
+    z_mean, z_log_var = vae.encode((images[:5], cvae_onehot.one_hot(digits[:5])))
+    assert z_mean.shape == z_log_var.shape == (5, 3)
+    reconstructions = keras.ops.convert_to_numpy(vae((images[:5], cvae_onehot.one_hot(digits[:5]))))
+    assert reconstructions.shape == (5, 28, 28, 1)
+    assert reconstructions.min() >= 0.0 and reconstructions.max() <= 1.0
+
+
+def make_pairs(images, digits, batch_size=32):
+    return make_dataset((images, cvae_onehot.one_hot(digits)), images, batch_size)
+
+
+def test_a_few_training_steps_lower_the_loss(digits_batch):
+    make_reproducible(0)
+    vae = cvae_onehot.build_vae(latent_dim=2, seed=0)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    data = make_pairs(*digits_batch)
+    before = vae.evaluate(data, return_dict=True, verbose=0)
+    history = vae.fit(data, epochs=3, verbose=0)
+    after = vae.evaluate(data, return_dict=True, verbose=0)
+    assert set(history.history) == {"loss", "reconstruction_loss", "kl_loss"}
+    assert after["loss"] < 0.8 * before["loss"]
+
+
+def test_saved_model_reloads_with_identical_outputs(digits_batch, tmp_path):
+    images, digits = digits_batch
+    vae = cvae_onehot.build_vae(latent_dim=2, seed=0)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    vae.fit(make_pairs(images, digits), epochs=1, verbose=0)
+    vae.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+
+    assert type(reloaded) is type(vae)
+    z = np.random.default_rng(1).standard_normal((16, 2)).astype("float32")
+    labels = cvae_onehot.one_hot(np.arange(16) % 10)
+    np.testing.assert_array_equal(reloaded.decoder.predict([z, labels], verbose=0),
+                                  vae.decoder.predict([z, labels], verbose=0))
+    np.testing.assert_array_equal(
+        reloaded.encoder.predict([images[:16], labels], verbose=0)[0],
+        vae.encoder.predict([images[:16], labels], verbose=0)[0])
+    assert reloaded.reconstruction_reduction == vae.reconstruction_reduction
+    # The optimizer's state comes back too, so training could go on.
+    assert int(reloaded.optimizer.iterations) == int(vae.optimizer.iterations) > 0
