@@ -206,6 +206,7 @@ def main(argv=None):
           f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
     save_figures(vae, test_images, test_digits, output_dir)
     print(f"Wrote the model, metrics, history and figures to {output_dir}")
+    return vae
 
 
 if __name__ == "__main__":

@@ -555,6 +555,7 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",)):
         prog=script.name,
         description=(script_globals.get("__doc__") or "").strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # a flag is spelled in full: --epoch is not --epochs
         epilog="MNIST_PATH (environment): a Keras mnist.npz or a folder of the "
         "four MNIST IDX files to use instead of downloading.",
     )

@@ -28,3 +28,11 @@ def small_mnist(mnist_slice_npz, monkeypatch):
     """Points load_mnist at the small slice for the duration of a test."""
     monkeypatch.setenv("MNIST_PATH", str(mnist_slice_npz))
     return mnist_slice_npz
+
+
+def pytest_configure(config):
+    # Keras' TensorFlow backend triggers this NumPy 2 notice on every
+    # conversion; it says nothing about our code.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
+    )
