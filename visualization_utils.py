@@ -13,6 +13,7 @@ from statistics import NormalDist
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from training_loops import atomic_path
 
@@ -100,7 +101,7 @@ def plot_latent_manifold(decode, digit, path, grid_size=15):
     _show_mosaic(axes, tile_images(images, grid_size, grid_size))
     size = np.shape(images)[1]
     ticks = (np.arange(grid_size) + 0.5) * size
-    labels = [f"{v:.2f}" for v in values]
+    labels = [f"{round(v, 2) + 0.0:.2f}" for v in values]  # + 0.0: no "-0.00"
     axes.set_xticks(ticks, labels=labels, rotation=90)
     axes.set_yticks(ticks, labels=labels[::-1])
     axes.set_xlabel("z[0] (Normal quantiles 5%-95%)")
@@ -149,6 +150,7 @@ def plot_training_curves(history_csv, path, loss_scale):
             axes.plot(epochs, history[f"val_{key}"], marker="s", label="test")
         axes.set_title(name)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(loss_scale)
         axes.grid(alpha=0.3)
         axes.legend()
