@@ -29,6 +29,7 @@ from training_loops import (
     NUM_CLASSES,
     VAE,
     check_resumable,
+    discard_backup,
     evaluate_per_image,
     load_mnist_images,
     make_dataset,
@@ -61,6 +62,8 @@ EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # Adam's step size (1e-4 to 3e-3 all train)
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
+# Figures
+EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
 # Output
 OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "cvae_onehot"  # where files go
 
@@ -113,7 +116,7 @@ def build_decoder(latent_dim):
 
 # The seed document reports this model's loss per image: both terms are
 # averaged over the images of a batch, which gives its ~128-130.
-LOSS_SCALE = "loss per image (batch mean)"
+LOSS_SCALE = "loss per image, batch mean"
 
 
 def build_vae(latent_dim, seed):
@@ -129,32 +132,52 @@ def build_vae(latent_dim, seed):
     )
 
 
+# ## Train
+
+
+def train_vae(config, train_data, test_data):
+    """Builds, trains (resumably: see `train`) and saves the model."""
+    vae = build_vae(config.latent_dim, config.seed)
+    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
+                          resume=config.resume)
+    save_model(vae, config.output_dir / f"{vae.name}.keras")
+    return vae, train_seconds
+
+
 # ## Evaluate
 
 
-def evaluate(vae, test_data, history_csv, train_seconds):
-    """The numbers of metrics.json: test loss per image, final training loss."""
-    history = read_history(history_csv)
-    return {
+def evaluate(vae, test_data, output_dir, train_seconds):
+    """Writes metrics.json: test loss per image and the final training loss."""
+    history = read_history(output_dir / "history.csv")
+    metrics = {
+        # A fresh estimate with newly sampled z, so it differs a little from
+        # the last epoch's val_loss.
         "test_per_image": evaluate_per_image(vae, test_data),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": LOSS_SCALE,
         "epochs_trained": len(history["loss"]),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
     }
+    save_json(metrics, output_dir / "metrics.json")
+    print(f"Final training loss ({LOSS_SCALE}): {metrics['final_train_loss']:.2f}; "
+          f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
 
 
 # ## Figures
 
 
-def save_figures(vae, test_images, test_digits, output_dir):
+def save_figures(vae, test_images, test_digits, config):
+    output_dir = config.output_dir
+
     def decode(z, digits):
-        return vae.decoder.predict([z, one_hot(digits)], verbose=0, batch_size=1024)
+        return vae.decoder.predict([z, one_hot(digits)], verbose=0,
+                                   batch_size=config.batch_size)
 
     z_mean, _ = vae.encoder.predict([test_images, one_hot(test_digits)], verbose=0,
-                                    batch_size=1024)
-    latent_dim = z_mean.shape[1]
-    if latent_dim == 2:
+                                    batch_size=config.batch_size)
+    if config.latent_dim == 2:
         plot_latent_space(z_mean, test_digits, output_dir / "latent_space.png",
                           "Test digits in the latent space: the label is given,\n"
                           "so z encodes style and the digits overlap")
@@ -162,12 +185,13 @@ def save_figures(vae, test_images, test_digits, output_dir):
             plot_latent_manifold(decode, digit, output_dir / f"manifold_digit_{digit}.png")
     else:
         print(f"Skipping the latent space and manifold figures: they need "
-              f"--latent-dim 2, not {latent_dim}.")
-    plot_generated_digits(decode, latent_dim, output_dir / "generated_digits.png")
-    examples = slice(0, 12)
+              f"--latent-dim 2, not {config.latent_dim}.")
+    plot_generated_digits(decode, config.latent_dim, output_dir / "generated_digits.png",
+                          seed=config.seed)
+    shown = slice(0, config.examples_shown)
     plot_image_rows(
-        [("original", test_images[examples]),
-         ("reconstructed", decode(z_mean[examples], test_digits[examples]))],
+        [("original", test_images[shown]),
+         ("reconstructed", decode(z_mean[shown], test_digits[shown]))],
         output_dir / "reconstructions.png",
         "Test digits and their reconstructions (decoded posterior mean)",
     )
@@ -180,10 +204,9 @@ def save_figures(vae, test_images, test_digits, output_dir):
 
 def main(argv=None):
     config = parse_hyperparameters(globals(), argv)
-    output_dir = config.output_dir
-    check_resumable(config, output_dir)
+    check_resumable(config, config.output_dir)
     make_reproducible(config.seed)
-    save_json(vars(config), output_dir / "config.json")
+    save_json(vars(config), config.output_dir / "config.json")
 
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
         config.train_samples, config.test_samples)
@@ -194,18 +217,12 @@ def main(argv=None):
     test_data = make_dataset((test_images, one_hot(test_digits)), test_images,
                              config.batch_size)
 
-    vae = build_vae(config.latent_dim, config.seed)
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    train_seconds = train(vae, train_data, test_data, config.epochs, output_dir,
-                          resume=config.resume)
-    save_model(vae, output_dir / "cvae_onehot.keras")
-
-    metrics = evaluate(vae, test_data, output_dir / "history.csv", train_seconds)
-    save_json(metrics, output_dir / "metrics.json")
-    print(f"Final training loss: {metrics['final_train_loss']:.2f} ({LOSS_SCALE}); "
-          f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
-    save_figures(vae, test_images, test_digits, output_dir)
-    print(f"Wrote the model, metrics, history and figures to {output_dir}")
+    vae, train_seconds = train_vae(config, train_data, test_data)
+    evaluate(vae, test_data, config.output_dir, train_seconds)
+    save_figures(vae, test_images, test_digits, config)
+    # Every output is written: the backup that allowed --resume can go.
+    discard_backup(config.output_dir)
+    print(f"Wrote the model, metrics, history and figures to {config.output_dir}")
     return vae
 
 

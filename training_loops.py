@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -33,14 +34,10 @@ import tokenize
 import zipfile
 from pathlib import Path
 
-# TensorFlow prints several lines of C++ start-up logs; keep the tutorial's
-# output readable unless the user asked for them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under
 
@@ -90,6 +87,8 @@ def reconstruction_loss(targets, reconstructions):
     Each pixel in [0, 1] is read as the probability that it is "on", so the
     decoder's sigmoid output is a Bernoulli likelihood per pixel.
     """
+    # binary_crossentropy averages over the last axis: MNIST's one channel,
+    # so it leaves the (batch, 28, 28) per-pixel values to sum.
     per_pixel = keras.losses.binary_crossentropy(targets, reconstructions)
     return ops.sum(per_pixel, axis=(1, 2))
 
@@ -180,28 +179,24 @@ class VAE(keras.Model):
             self.kl_loss_tracker,
         ]
 
-    def encode(self, inputs, training=False):
-        """Returns (z_mean, z_log_var): the posterior q(z | inputs)."""
-        z_mean, z_log_var = self.encoder(inputs, training=training)
-        return z_mean, z_log_var
-
-    def decode(self, z, inputs=None, training=False):
-        """Decodes z; a conditional model takes the labels from `inputs`."""
+    def decode(self, z, labels=None, training=False):
+        """Decodes z into images; a conditional model also needs the labels."""
         if self.conditional:
-            _, labels = inputs
             return self.decoder([z, ops.convert_to_tensor(labels)], training=training)
         return self.decoder(z, training=training)
 
-    def call(self, inputs, training=False):
-        z_mean, z_log_var = self.encode(inputs, training=training)
+    def _encode_sample_decode(self, inputs, training):
+        z_mean, z_log_var = self.encoder(inputs, training=training)
         z = self.sampling([z_mean, z_log_var])
-        return self.decode(z, inputs, training=training)
+        labels = inputs[1] if self.conditional else None
+        return z_mean, z_log_var, self.decode(z, labels, training=training)
+
+    def call(self, inputs, training=False):
+        return self._encode_sample_decode(inputs, training)[-1]
 
     def per_image_losses(self, inputs, targets, training=False):
         """Reconstruction and KL terms, one value per image each."""
-        z_mean, z_log_var = self.encode(inputs, training=training)
-        z = self.sampling([z_mean, z_log_var])
-        reconstructions = self.decode(z, inputs, training=training)
+        z_mean, z_log_var, reconstructions = self._encode_sample_decode(inputs, training)
         return (
             reconstruction_loss(targets, reconstructions),
             kl_divergence(z_mean, z_log_var),
@@ -619,7 +614,7 @@ def _value_parser(default, allow_zero):
             raise argparse.ArgumentTypeError(
                 f"expected a {lowest} {noun}, got {text!r}"
             ) from None
-        if value < 0 or (value == 0 and not allow_zero) or value != value:
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(
                 f"expected a {lowest} {noun}, got {text!r}"
             )
@@ -684,9 +679,11 @@ def check_resumable(config, output_dir):
 
 
 def make_reproducible(seed):
-    """Same seed, same run: seeds Python, NumPy and TensorFlow, and asks
-    TensorFlow for deterministic kernels (otherwise multi-threaded sums may
-    add in a different order and two runs drift apart in the last digits)."""
+    """Same seed, same run: seeds Python, NumPy and TensorFlow (initial
+    weights, shuffling, sampling noise) and asks TensorFlow for deterministic
+    kernels. Two runs then agree to float32 rounding: now and then a loss
+    differs in its 7th significant digit, a difference that remains on this
+    CPU even with deterministic ops and a single thread."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -702,7 +699,9 @@ def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
     epoch, BackupAndRestore saves weights, optimizer state and epoch number
     at the end of each epoch (and restores them when the run starts again
     with `resume=True`), and TerminateOnNaN stops a run whose loss diverged.
-    Returns the seconds spent in `fit`.
+    The backup outlives `fit`, so a run stopped while it evaluates or draws
+    still resumes without training again; `discard_backup` removes it once
+    every output is written. Returns the seconds spent in `fit`.
     """
     output_dir = Path(output_dir)
     history_path = output_dir / "history.csv"
@@ -713,14 +712,14 @@ def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
               else "Nothing to resume: starting from epoch 1.", flush=True)
         _keep_history_rows(history_path, finished)
     else:
-        shutil.rmtree(backup_dir, ignore_errors=True)
-        history_path.unlink(missing_ok=True)
+        _remove_earlier_results(output_dir, vae.name)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         # CSVLogger comes before the backup: if a run stops between the two,
         # the row of an epoch that was not backed up is dropped on resume.
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
+                                         delete_checkpoint=False),
     ]
     start = time.perf_counter()
     history = vae.fit(
@@ -740,6 +739,19 @@ def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
             "Try a smaller --learning-rate."
         )
     return seconds
+
+
+def discard_backup(output_dir):
+    """Removes the backup once a run has written all its outputs."""
+    shutil.rmtree(Path(output_dir) / "backup", ignore_errors=True)
+
+
+def _remove_earlier_results(output_dir, model_name):
+    """A fresh run first removes what an earlier run in the same folder
+    measured, so no old model or metrics sit beside the new config."""
+    discard_backup(output_dir)
+    for stale in ["history.csv", "metrics.json", f"{model_name}.keras"]:
+        (output_dir / stale).unlink(missing_ok=True)
 
 
 def _finished_epochs(backup_dir):

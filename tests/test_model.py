@@ -33,7 +33,7 @@ def test_architecture_matches_the_seed():
 def test_shapes_through_the_model(digits_batch):
     images, digits = digits_batch
     vae = cvae_onehot.build_vae(latent_dim=3, seed=0)
-    z_mean, z_log_var = vae.encode((images[:5], cvae_onehot.one_hot(digits[:5])))
+    z_mean, z_log_var = vae.encoder([images[:5], cvae_onehot.one_hot(digits[:5])])
     assert z_mean.shape == z_log_var.shape == (5, 3)
     reconstructions = keras.ops.convert_to_numpy(vae((images[:5], cvae_onehot.one_hot(digits[:5]))))
     assert reconstructions.shape == (5, 28, 28, 1)
