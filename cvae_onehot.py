@@ -28,26 +28,16 @@ from training_loops import (
     IMAGE_SHAPE,
     NUM_CLASSES,
     VAE,
-    check_resumable,
     discard_backup,
-    evaluate_per_image,
     load_mnist_images,
     make_dataset,
-    make_reproducible,
-    parse_hyperparameters,
     run_main,
-    save_json,
     save_model,
+    start_run,
     train,
+    write_metrics,
 )
-from visualization_utils import (
-    plot_generated_digits,
-    plot_image_rows,
-    plot_latent_manifold,
-    plot_latent_space,
-    plot_training_curves,
-    read_history,
-)
+from visualization_utils import plot_conditional_vae_figures
 
 # ## Hyperparameters
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
@@ -145,69 +135,25 @@ def train_vae(config, train_data, test_data):
     return vae, train_seconds
 
 
-# ## Evaluate
-
-
-def evaluate(vae, test_data, output_dir, train_seconds):
-    """Writes metrics.json: test loss per image and the final training loss."""
-    history = read_history(output_dir / "history.csv")
-    metrics = {
-        # A fresh estimate with newly sampled z, so it differs a little from
-        # the last epoch's val_loss.
-        "test_per_image": evaluate_per_image(vae, test_data),
-        "final_train_loss": float(history["loss"][-1]),
-        "final_train_loss_scale": LOSS_SCALE,
-        "epochs_trained": len(history["loss"]),
-        "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
-    }
-    save_json(metrics, output_dir / "metrics.json")
-    print(f"Final training loss ({LOSS_SCALE}): {metrics['final_train_loss']:.2f}; "
-          f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
-
-
-# ## Figures
+# ## Evaluate and draw
 
 
 def save_figures(vae, test_images, test_digits, config):
-    output_dir = config.output_dir
-
+    # The decoder is told the digit the way this chapter does it: one-hot.
     def decode(z, digits):
-        return vae.decoder.predict([z, one_hot(digits)], verbose=0,
-                                   batch_size=config.batch_size)
+        return keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
 
-    z_mean, _ = vae.encoder.predict([test_images, one_hot(test_digits)], verbose=0,
-                                    batch_size=config.batch_size)
-    if config.latent_dim == 2:
-        plot_latent_space(z_mean, test_digits, output_dir / "latent_space.png",
-                          "Test digits in the latent space: the label is given,\n"
-                          "so z encodes style and the digits overlap")
-        for digit in range(NUM_CLASSES):
-            plot_latent_manifold(decode, digit, output_dir / f"manifold_digit_{digit}.png")
-    else:
-        print(f"Skipping the latent space and manifold figures: they need "
-              f"--latent-dim 2, not {config.latent_dim}.")
-    plot_generated_digits(decode, config.latent_dim, output_dir / "generated_digits.png",
-                          seed=config.seed)
-    shown = slice(0, config.examples_shown)
-    plot_image_rows(
-        [("original", test_images[shown]),
-         ("reconstructed", decode(z_mean[shown], test_digits[shown]))],
-        output_dir / "reconstructions.png",
-        "Test digits and their reconstructions (decoded posterior mean)",
-    )
-    plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
-                         LOSS_SCALE)
+    z_mean, _ = vae.encode(test_images, one_hot(test_digits))
+    plot_conditional_vae_figures(decode, keras.ops.convert_to_numpy(z_mean), test_images,
+                                 test_digits, config.output_dir, LOSS_SCALE,
+                                 seed=config.seed, examples_shown=config.examples_shown)
 
 
 # ## Main
 
 
 def main(argv=None):
-    config = parse_hyperparameters(globals(), argv)
-    check_resumable(config, config.output_dir)
-    make_reproducible(config.seed)
-    save_json(vars(config), config.output_dir / "config.json")
-
+    config = start_run(globals(), argv)
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
         config.train_samples, config.test_samples)
     # The one-hot label goes in beside the image; the target is the image.
@@ -218,7 +164,7 @@ def main(argv=None):
                              config.batch_size)
 
     vae, train_seconds = train_vae(config, train_data, test_data)
-    evaluate(vae, test_data, config.output_dir, train_seconds)
+    write_metrics(vae, test_data, config.output_dir, train_seconds, LOSS_SCALE)
     save_figures(vae, test_images, test_digits, config)
     # Every output is written: the backup that allowed --resume can go.
     discard_backup(config.output_dir)

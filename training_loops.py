@@ -19,6 +19,7 @@ stays visible in the chapter itself.
 import argparse
 import ast
 import contextlib
+import csv
 import gzip
 import hashlib
 import io
@@ -128,6 +129,10 @@ class VAE(keras.Model):
     * the denoiser gets `(blurred_images, clean_images)`: input and target
       differ, and its decoder takes z alone.
 
+    `label_embedding`, if given, is a layer that turns the labels into what
+    the encoder and decoder take (a learned embedding, say). It belongs to the
+    VAE rather than to either half, so both read the one same table.
+
     `reconstruction_reduction` and `kl_reduction` ("mean" or "sum") say how
     each per-image term is reduced over the batch, so every chapter reports
     the loss on the same scale as the seed document.
@@ -139,6 +144,7 @@ class VAE(keras.Model):
         decoder,
         reconstruction_reduction="mean",
         kl_reduction="mean",
+        label_embedding=None,
         seed=None,
         **kwargs,
     ):
@@ -153,6 +159,7 @@ class VAE(keras.Model):
                 )
         self.encoder = encoder
         self.decoder = decoder
+        self.label_embedding = label_embedding
         self.reconstruction_reduction = reconstruction_reduction
         self.kl_reduction = kl_reduction
         self.seed = seed
@@ -165,8 +172,8 @@ class VAE(keras.Model):
             name="reconstruction_loss"
         )
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
-        # The encoder and decoder are Functional models, built when they were
-        # made, and the VAE owns no other weights: it is built too.
+        # The parts are Functional models, built when they were made, and the
+        # VAE owns no other weights: it is built too.
         self.built = True
 
     @property
@@ -179,16 +186,30 @@ class VAE(keras.Model):
             self.kl_loss_tracker,
         ]
 
+    def encode(self, images, labels=None, training=False):
+        """(z_mean, z_log_var) of the posterior q(z | images[, labels])."""
+        images = ops.convert_to_tensor(images)
+        if self.conditional:
+            return self.encoder([images, self._condition(labels)], training=training)
+        return self.encoder(images, training=training)
+
     def decode(self, z, labels=None, training=False):
         """Decodes z into images; a conditional model also needs the labels."""
+        z = ops.convert_to_tensor(z)
         if self.conditional:
-            return self.decoder([z, ops.convert_to_tensor(labels)], training=training)
+            return self.decoder([z, self._condition(labels)], training=training)
         return self.decoder(z, training=training)
 
+    def _condition(self, labels):
+        labels = ops.convert_to_tensor(labels)
+        if self.label_embedding is None:
+            return labels
+        return self.label_embedding(labels)
+
     def _encode_sample_decode(self, inputs, training):
-        z_mean, z_log_var = self.encoder(inputs, training=training)
+        images, labels = inputs if self.conditional else (inputs, None)
+        z_mean, z_log_var = self.encode(images, labels, training=training)
         z = self.sampling([z_mean, z_log_var])
-        labels = inputs[1] if self.conditional else None
         return z_mean, z_log_var, self.decode(z, labels, training=training)
 
     def call(self, inputs, training=False):
@@ -237,6 +258,7 @@ class VAE(keras.Model):
             **super().get_config(),
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "label_embedding": keras.saving.serialize_keras_object(self.label_embedding),
             "reconstruction_reduction": self.reconstruction_reduction,
             "kl_reduction": self.kl_reduction,
             "seed": self.seed,
@@ -245,8 +267,8 @@ class VAE(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for part in ("encoder", "decoder"):
-            config[part] = keras.saving.deserialize_keras_object(config[part])
+        for part in ("encoder", "decoder", "label_embedding"):
+            config[part] = keras.saving.deserialize_keras_object(config.get(part))
         return cls(**config)
 
 
@@ -671,6 +693,49 @@ def check_resumable(config, output_dir):
               f"({details}). Use the same values, or start afresh without --resume.",
               file=sys.stderr)
         sys.exit(2)
+
+
+def start_run(script_globals, argv=None):
+    """The first lines of every chapter's main(): the hyperparameters from the
+    command line, a check that a --resume continues the same run, seeding,
+    and config.json. Returns the configuration."""
+    config = parse_hyperparameters(script_globals, argv)
+    check_resumable(config, config.output_dir)
+    make_reproducible(config.seed)
+    save_json(vars(config), config.output_dir / "config.json")
+    return config
+
+
+def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, **extra):
+    """Writes metrics.json and prints its headline: the test loss per image
+    (comparable across chapters) and the final training loss on the
+    chapter's own scale. `extra` adds chapter-specific entries."""
+    history = read_history(output_dir / "history.csv")
+    metrics = {
+        # A fresh estimate with newly sampled z, so it differs a little from
+        # the last epoch's val_loss.
+        "test_per_image": evaluate_per_image(vae, test_data),
+        "final_train_loss": float(history["loss"][-1]),
+        "final_train_loss_scale": loss_scale,
+        "epochs_trained": len(history["loss"]),
+        "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
+        **extra,
+    }
+    save_json(metrics, output_dir / "metrics.json")
+    print(f"Final training loss ({loss_scale}): {metrics['final_train_loss']:.2f}; "
+          f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
+    return metrics
+
+
+def read_history(history_csv):
+    """history.csv (written by Keras' CSVLogger) -> {column: float array}."""
+    with open(history_csv, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {
+        column: np.array([float(row[column]) if row[column] != "NA" else np.nan
+                          for row in rows])
+        for column in (rows[0] if rows else {})
+    }
 
 
 # ---------------------------------------------------------------------------

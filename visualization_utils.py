@@ -8,14 +8,13 @@ the label reaches the decoder is what a chapter teaches, so it stays there.
 Each grid is decoded in one batched call.
 """
 
-import csv
 from statistics import NormalDist
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from training_loops import atomic_path
+from training_loops import atomic_path, read_history
 
 NUM_DIGITS = 10
 DIGIT_COLORS = "tab10"  # ten distinct colours, one per digit
@@ -126,17 +125,6 @@ def plot_image_rows(rows, path, title):
     return save_figure(figure, path)
 
 
-def read_history(history_csv):
-    """history.csv (written by Keras' CSVLogger) -> {column: float array}."""
-    with open(history_csv, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return {
-        column: np.array([float(row[column]) if row[column] != "NA" else np.nan
-                          for row in rows])
-        for column in (rows[0] if rows else {})
-    }
-
-
 def plot_training_curves(history_csv, path, loss_scale):
     """Total, reconstruction and KL loss per epoch, training and test."""
     history = read_history(history_csv)
@@ -156,3 +144,32 @@ def plot_training_curves(history_csv, path, loss_scale):
         axes.legend()
     figure.suptitle("Training curves")
     return save_figure(figure, path)
+
+
+def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, output_dir,
+                                 loss_scale, seed=0, examples_shown=12):
+    """Every figure of a conditional VAE chapter.
+
+    `decode(z, digits)` is the chapter's decoder call; `z_mean` the posterior
+    means of `test_images`. The latent space and the manifolds need a 2-d z.
+    """
+    latent_dim = z_mean.shape[1]
+    if latent_dim == 2:
+        plot_latent_space(z_mean, test_digits, output_dir / "latent_space.png",
+                          "Test digits in the latent space: the label is given,\n"
+                          "so z encodes style and the digits overlap")
+        for digit in range(NUM_DIGITS):
+            plot_latent_manifold(decode, digit, output_dir / f"manifold_digit_{digit}.png")
+    else:
+        print(f"Skipping the latent space and manifold figures: they need "
+              f"--latent-dim 2, not {latent_dim}.")
+    plot_generated_digits(decode, latent_dim, output_dir / "generated_digits.png", seed=seed)
+    shown = slice(0, examples_shown)
+    plot_image_rows(
+        [("original", test_images[shown]),
+         ("reconstructed", decode(z_mean[shown], test_digits[shown]))],
+        output_dir / "reconstructions.png",
+        "Test digits and their reconstructions (decoded posterior mean)",
+    )
+    plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
+                         loss_scale)

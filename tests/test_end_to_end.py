@@ -12,7 +12,7 @@ import pytest
 import cvae_onehot
 import training_loops
 from training_loops import TrainingDiverged, make_dataset, train
-from visualization_utils import read_history
+from training_loops import read_history
 
 FIGURES = ["latent_space.png", "generated_digits.png", "reconstructions.png",
            "training_curves.png"] + [f"manifold_digit_{d}.png" for d in range(10)]
