@@ -50,7 +50,7 @@ LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
 # Training
 EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
-LEARNING_RATE = 1e-3  # Adam's step size (1e-4 to 3e-3 all train)
+LEARNING_RATE = 1e-3  # Adam's step size (Keras' default)
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
@@ -164,7 +164,8 @@ def main(argv=None):
                              config.batch_size)
 
     vae, train_seconds = train_vae(config, train_data, test_data)
-    write_metrics(vae, test_data, config.output_dir, train_seconds, LOSS_SCALE)
+    write_metrics(vae, test_data, config.output_dir, train_seconds, LOSS_SCALE,
+                  config.batch_size)
     save_figures(vae, test_images, test_digits, config)
     # Every output is written: the backup that allowed --resume can go.
     discard_backup(config.output_dir)

@@ -706,10 +706,10 @@ def start_run(script_globals, argv=None):
     return config
 
 
-def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, **extra):
-    """Writes metrics.json and prints its headline: the test loss per image
-    (comparable across chapters) and the final training loss on the
-    chapter's own scale. `extra` adds chapter-specific entries."""
+def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, batch_size):
+    """Writes metrics.json and prints its headline: the final training loss
+    on the chapter's own scale and the test loss per image (comparable
+    across chapters)."""
     history = read_history(output_dir / "history.csv")
     metrics = {
         # A fresh estimate with newly sampled z, so it differs a little from
@@ -717,14 +717,23 @@ def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, **extra
         "test_per_image": evaluate_per_image(vae, test_data),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
+        "final_train_loss_per_image": _per_image(vae, history, batch_size),
         "epochs_trained": len(history["loss"]),
         "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
-        **extra,
     }
     save_json(metrics, output_dir / "metrics.json")
     print(f"Final training loss ({loss_scale}): {metrics['final_train_loss']:.2f}; "
           f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
     return metrics
+
+
+def _per_image(vae, history, batch_size):
+    """The last epoch's training loss per image: a term summed over the batch
+    is divided by the batch size (approximately right: an epoch's last batch
+    may hold fewer images)."""
+    divisor = {"mean": 1, "sum": batch_size}
+    return float(history["reconstruction_loss"][-1] / divisor[vae.reconstruction_reduction]
+                 + history["kl_loss"][-1] / divisor[vae.kl_reduction])
 
 
 def read_history(history_csv):

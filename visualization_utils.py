@@ -173,3 +173,45 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
     )
     plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
                          loss_scale)
+
+
+def plot_label_embedding(vectors, path):
+    """What a learned label embedding holds: one vector per digit.
+
+    Left: the cosine similarity of every pair of digit vectors (1 = same
+    direction, 0 = unrelated, -1 = opposite). Right: the vectors projected
+    on their two principal axes, each point labelled by its digit.
+    """
+    vectors = np.asarray(vectors, dtype="float64")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    centred = vectors - vectors.mean(axis=0)
+    _, singular_values, axes_of_variation = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ axes_of_variation[:2].T
+    explained = singular_values[:2] ** 2 / np.sum(singular_values**2)
+
+    figure = Figure(figsize=(12.5, 5.5), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    image = left.imshow(similarity, cmap="RdBu_r", vmin=-1, vmax=1)
+    for (row, column), value in np.ndenumerate(similarity):
+        left.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                  color="white" if abs(value) > 0.6 else "black")
+    left.set_xticks(range(len(vectors)))
+    left.set_yticks(range(len(vectors)))
+    left.set_xlabel("digit")
+    left.set_ylabel("digit")
+    left.set_title("Cosine similarity of the learned label vectors")
+    figure.colorbar(image, ax=left, shrink=0.8)
+
+    right.scatter(projected[:, 0], projected[:, 1], c=range(len(vectors)),
+                  cmap=DIGIT_COLORS, vmin=-0.5, vmax=9.5, s=250, alpha=0.35)
+    for digit, (x, y) in enumerate(projected):
+        right.annotate(str(digit), (x, y), ha="center", va="center", fontsize=14,
+                       weight="bold")
+    right.set_xlabel(f"principal axis 1 ({explained[0]:.0%} of the variance)")
+    right.set_ylabel(f"principal axis 2 ({explained[1]:.0%} of the variance)")
+    right.set_title(f"The {vectors.shape[1]}-d label vectors, projected to 2-d")
+    right.grid(alpha=0.3)
+    right.margins(0.15)
+    figure.suptitle("What the label embedding learned")
+    return save_figure(figure, path)

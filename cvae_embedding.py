@@ -1,0 +1,202 @@
+"""Conditional VAE on MNIST, with the digit label passed through a learned embedding.
+
+The same conditional VAE as cvae_onehot.py (read that chapter first), with
+one change: how the label enters. Instead of a fixed 10-d one-hot vector, the
+digit's index looks up a row of a learned table, `Embedding(10 -> 8)`. The
+8 numbers of each row are trained with the rest of the model, so the table is
+free to place digits that are drawn alike near each other; the figure
+label_embedding.png shows whether it does. With thousands of classes, such a
+table stays small where one-hot vectors would not.
+
+The seed document reports this model's loss summed over the batch rather than
+per image: ~16,000 is the one-hot chapter's ~130 per image times the batch
+size of 128. Adam's updates barely depend on the scale of the loss, so the
+model learns the same; only the printed numbers are 128 times larger.
+
+Run `python cvae_embedding.py` (10 epochs, a few minutes on a laptop CPU);
+`--help` lists every setting. Outputs go to outputs/cvae_embedding/.
+"""
+
+# ## Setup
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from training_loops import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    VAE,
+    discard_backup,
+    load_mnist_images,
+    make_dataset,
+    run_main,
+    save_model,
+    start_run,
+    train,
+    write_metrics,
+)
+from visualization_utils import plot_conditional_vae_figures, plot_label_embedding
+
+# ## Hyperparameters
+# Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
+
+# Data
+TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
+TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
+# Model
+LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
+EMBEDDING_DIM = 8  # length of each digit's learned label vector
+# Training
+EPOCHS = 10  # passes over the training images
+BATCH_SIZE = 128  # images per gradient step
+LEARNING_RATE = 1e-3  # Adam's step size (Keras' default)
+SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
+# Figures
+EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
+# Output
+OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "cvae_embedding"  # where files go
+
+
+# ## Data
+
+
+def class_index(digits):
+    """The digit 3 stays 3: shape (n, 1) integers, one index per image."""
+    return keras.ops.convert_to_numpy(digits).astype("int32").reshape(-1, 1)
+
+
+# ## Label embedding
+# One table of 10 rows (one per digit) of EMBEDDING_DIM learned numbers. The
+# seed feeds "the embedded label" to both the encoder and the decoder; we read
+# that as one table shared by both halves (512,149 parameters; two tables
+# would make 512,229), so a digit means the same vector wherever it enters.
+# The VAE owns it and hands both halves its output.
+
+
+def build_label_embedding(embedding_dim):
+    digits = keras.Input(shape=(1,), dtype="int32", name="digit")
+    vectors = layers.Embedding(NUM_CLASSES, embedding_dim,
+                               embeddings_initializer="uniform", name="table")(digits)
+    vectors = layers.Flatten()(vectors)  # (1, embedding_dim) -> (embedding_dim,)
+    return keras.Model(digits, vectors, name="label_embedding")
+
+
+# ## Encoder
+# image (28, 28, 1) -> two strided convolutions -> 3136 features; the
+# embedded label joins them (3144) before the dense layer that predicts
+# q(z | x, y).
+
+
+def build_encoder(latent_dim, embedding_dim):
+    images = keras.Input(shape=IMAGE_SHAPE, name="image")
+    labels = keras.Input(shape=(embedding_dim,), name="label_embedded")
+    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(images)
+    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)  # 7 * 7 * 64 = 3136 image features
+    x = layers.Concatenate()([x, labels])  # + 8 label numbers = 3144
+    x = layers.Dense(128, activation="relu")(x)
+    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    return keras.Model([images, labels], [z_mean, z_log_var], name="encoder")
+
+
+# ## Decoder
+# z joins the same embedded label (latent_dim + 8), and transposed
+# convolutions grow a 7x7x64 block back into a 28x28 image of pixel
+# probabilities.
+
+
+def build_decoder(latent_dim, embedding_dim):
+    z = keras.Input(shape=(latent_dim,), name="z")
+    labels = keras.Input(shape=(embedding_dim,), name="label_embedded")
+    x = layers.Concatenate()([z, labels])  # 2 + 8 = 10
+    x = layers.Dense(7 * 7 * 64, activation="relu")(x)
+    x = layers.Reshape((7, 7, 64))(x)
+    x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid")(x)
+    return keras.Model([z, labels], images, name="decoder")
+
+
+# ## Model
+
+# The seed document reports this model's loss summed over the batch: both
+# terms are added up over the images of a batch, which gives its ~16,000
+# (about 128 images x 130 per image).
+LOSS_SCALE = "loss summed over the batch"
+
+
+def build_vae(latent_dim, embedding_dim, seed):
+    """The shared VAE class, with this chapter's embedding, encoder, decoder."""
+    return VAE(
+        build_encoder(latent_dim, embedding_dim),
+        build_decoder(latent_dim, embedding_dim),
+        # Both terms summed over the batch: per image times the batch size.
+        reconstruction_reduction="sum",
+        kl_reduction="sum",
+        label_embedding=build_label_embedding(embedding_dim),
+        seed=seed,
+        name="cvae_embedding",
+    )
+
+
+# ## Train
+
+
+def train_vae(config, train_data, test_data):
+    """Builds, trains (resumably: see `train`) and saves the model."""
+    vae = build_vae(config.latent_dim, config.embedding_dim, config.seed)
+    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
+                          resume=config.resume)
+    save_model(vae, config.output_dir / f"{vae.name}.keras")
+    return vae, train_seconds
+
+
+# ## Evaluate and draw
+
+
+def save_figures(vae, test_images, test_digits, config):
+    # The decoder is told the digit the way this chapter does it: by index,
+    # looked up in the learned table.
+    def decode(z, digits):
+        return keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
+
+    z_mean, _ = vae.encode(test_images, class_index(test_digits))
+    plot_conditional_vae_figures(decode, keras.ops.convert_to_numpy(z_mean), test_images,
+                                 test_digits, config.output_dir, LOSS_SCALE,
+                                 seed=config.seed, examples_shown=config.examples_shown)
+    # The table itself: row d is the vector the model learned for digit d.
+    table = vae.label_embedding.get_layer("table").embeddings
+    plot_label_embedding(keras.ops.convert_to_numpy(table),
+                         config.output_dir / "label_embedding.png")
+
+
+# ## Main
+
+
+def main(argv=None):
+    config = start_run(globals(), argv)
+    (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
+        config.train_samples, config.test_samples)
+    # The digit's index goes in beside the image; the target is the image.
+    train_data = make_dataset((train_images, class_index(train_digits)), train_images,
+                              config.batch_size, shuffle_buffer=len(train_images),
+                              seed=config.seed)
+    test_data = make_dataset((test_images, class_index(test_digits)), test_images,
+                             config.batch_size)
+
+    vae, train_seconds = train_vae(config, train_data, test_data)
+    write_metrics(vae, test_data, config.output_dir, train_seconds, LOSS_SCALE,
+                  config.batch_size)
+    save_figures(vae, test_images, test_digits, config)
+    # Every output is written: the backup that allowed --resume can go.
+    discard_backup(config.output_dir)
+    print(f"Wrote the model, metrics, history and figures to {config.output_dir}")
+    return vae
+
+
+if __name__ == "__main__":
+    run_main(main)
