@@ -562,8 +562,8 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",)):
     """Turns a script's top-level UPPER_CASE constants into flags.
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
-    the script's "# ## Hyperparameters" section becomes `--lower-case-name`; its trailing comment is
-    its help text and its value the default. Numbers must be positive, except
+    the script's "# ## Hyperparameters" section becomes `--lower-case-name`;
+    its trailing comment is its help text and its value the default. Numbers must be positive, except
     the names in `non_negative`. Returns an `argparse.Namespace` with
     lower-case names, plus `resume`.
     """
@@ -601,11 +601,13 @@ def _top_level_constants(script):
     source = script.read_text()
     lines = source.splitlines()
     try:
-        first = lines.index(HYPERPARAMETER_SECTION) + 1
+        start = lines.index(HYPERPARAMETER_SECTION)
     except ValueError:
         raise TypeError(f"{script} has no {HYPERPARAMETER_SECTION!r} line") from None
-    last = next((i for i in range(first, len(lines)) if lines[i].startswith("# ## ")),
-                len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# ## ")),
+               len(lines))
+    # `start` and `end` index `lines` from 0; ast and tokenize count from 1.
+    first, last = start + 1, end
     comments = {
         token.start[0]: token.string.lstrip("# ").strip()
         for token in tokenize.generate_tokens(io.StringIO(source).readline)

@@ -175,6 +175,12 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
                          loss_scale)
 
 
+def cosine_similarity(vectors):
+    """The (n, n) matrix of cos(angle) between every pair of row vectors."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
 def plot_label_embedding(vectors, path):
     """What a learned label embedding holds: one vector per digit.
 
@@ -183,8 +189,7 @@ def plot_label_embedding(vectors, path):
     on their two principal axes, each point labelled by its digit.
     """
     vectors = np.asarray(vectors, dtype="float64")
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    similarity = unit @ unit.T
+    similarity = cosine_similarity(vectors)
     centred = vectors - vectors.mean(axis=0)
     _, singular_values, axes_of_variation = np.linalg.svd(centred, full_matrices=False)
     projected = centred @ axes_of_variation[:2].T
