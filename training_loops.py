@@ -558,7 +558,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",)):
+def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",), choices=None):
     """Turns a script's top-level UPPER_CASE constants into flags.
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
@@ -582,6 +582,9 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",)):
         if isinstance(default, bool):
             parser.add_argument(flag, default=default, help=comment,
                                 action=argparse.BooleanOptionalAction)
+        elif name in choices:
+            parser.add_argument(flag, default=default, help=comment,
+                                choices=list(choices[name]))
         else:
             parser.add_argument(flag, default=default, help=comment, metavar=name,
                                 type=_value_parser(default, name in non_negative))
@@ -697,21 +700,23 @@ def check_resumable(config, output_dir):
         sys.exit(2)
 
 
-def start_run(script_globals, argv=None):
+def start_run(script_globals, argv=None, choices=None):
     """The first lines of every chapter's main(): the hyperparameters from the
-    command line, a check that a --resume continues the same run, seeding,
-    and config.json. Returns the configuration."""
-    config = parse_hyperparameters(script_globals, argv)
+    command line (see `parse_hyperparameters`), a check that a --resume
+    continues the same run, seeding, and config.json. Returns the
+    configuration."""
+    config = parse_hyperparameters(script_globals, argv, choices=choices)
     check_resumable(config, config.output_dir)
     make_reproducible(config.seed)
     save_json(vars(config), config.output_dir / "config.json")
     return config
 
 
-def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, batch_size):
+def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, batch_size,
+                  extra=None):
     """Writes metrics.json and prints its headline: the final training loss
     on the chapter's own scale and the test loss per image (comparable
-    across chapters)."""
+    across chapters). `extra` adds a chapter's own entries."""
     history = read_history(output_dir / "history.csv")
     metrics = {
         # A fresh estimate with newly sampled z, so it differs a little from
@@ -722,6 +727,7 @@ def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, batch_s
         "final_train_loss_per_image": _per_image(vae, history, batch_size),
         "epochs_trained": len(history["loss"]),
         "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
+        **(extra or {}),
     }
     save_json(metrics, output_dir / "metrics.json")
     print(f"Final training loss ({loss_scale}): {metrics['final_train_loss']:.2f}; "

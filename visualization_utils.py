@@ -220,3 +220,34 @@ def plot_label_embedding(vectors, path):
     right.margins(0.15)
     figure.suptitle("What the label embedding learned")
     return save_figure(figure, path)
+
+
+def plot_restoration_gain(psnr_corrupted, psnr_restored, path, corruption):
+    """Where restoration helps and where it fails, image by image.
+
+    Left: the histogram of the PSNR gain (restored minus corrupted, in dB).
+    Right: each test image's PSNR before and after; points above the
+    diagonal were improved.
+    """
+    gain = psnr_restored - psnr_corrupted
+    figure = Figure(figsize=(12.5, 4.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.hist(gain, bins=60, color="tab:blue", alpha=0.8)
+    left.axvline(0.0, color="black", linewidth=1)
+    left.axvline(np.median(gain), color="tab:red", linestyle="--",
+                 label=f"median {np.median(gain):+.2f} dB")
+    left.set_xlabel("PSNR gain of the restored image over its corrupted input (dB)")
+    left.set_ylabel("test images")
+    left.set_title(f"{np.mean(gain > 0):.1%} of the test images improved")
+    left.legend()
+
+    right.scatter(psnr_corrupted, psnr_restored, s=2, alpha=0.3)
+    low = min(psnr_corrupted.min(), psnr_restored.min())
+    high = max(psnr_corrupted.max(), psnr_restored.max())
+    right.plot([low, high], [low, high], color="black", linewidth=1, label="no change")
+    right.set_xlabel("PSNR of the corrupted input (dB)")
+    right.set_ylabel("PSNR of the restored image (dB)")
+    right.set_title("Each test image, before and after")
+    right.legend()
+    figure.suptitle(f"Restoring '{corruption}' corruption: PSNR against the clean image")
+    return save_figure(figure, path)
