@@ -72,7 +72,10 @@ def class_index(digits):
 # seed feeds "the embedded label" to both the encoder and the decoder; we read
 # that as one table shared by both halves (512,149 parameters; two tables
 # would make 512,229), so a digit means the same vector wherever it enters.
-# The VAE owns it and hands both halves its output.
+# The seed draws the embedding inside the encoder; here the VAE owns it and
+# hands both halves its output, the same computation. Inside both halves it
+# could not be saved: the VAE saves each half on its own, and a layer shared
+# by the two does not reload.
 
 
 def build_label_embedding(embedding_dim):
@@ -189,8 +192,7 @@ def main(argv=None):
                              config.batch_size)
 
     vae, train_seconds = train_vae(config, train_data, test_data)
-    write_metrics(vae, test_data, config.output_dir, train_seconds, LOSS_SCALE,
-                  config.batch_size)
+    write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config)
     save_figures(vae, test_images, test_digits, config)
     # Every output is written: the backup that allowed --resume can go.
     discard_backup(config.output_dir)

@@ -164,8 +164,7 @@ def main(argv=None):
                              config.batch_size)
 
     vae, train_seconds = train_vae(config, train_data, test_data)
-    write_metrics(vae, test_data, config.output_dir, train_seconds, LOSS_SCALE,
-                  config.batch_size)
+    write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config)
     save_figures(vae, test_images, test_digits, config)
     # Every output is written: the backup that allowed --resume can go.
     discard_backup(config.output_dir)

@@ -254,9 +254,9 @@ def main(argv=None):
     restored = restore(vae, test_damaged, config.batch_size)
     quality = {"corrupted": image_quality(test_damaged, test_images),
                "restored": image_quality(restored, test_images)}
-    metrics = write_metrics(
-        vae, test_data, config.output_dir, train_seconds, LOSS_SCALE, config.batch_size,
-        extra={"restoration": restoration_metrics(quality, config.corruption)})
+    metrics = write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config,
+                            extra={"restoration": restoration_metrics(quality,
+                                                                      config.corruption)})
     psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
     print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
           f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on the test images")

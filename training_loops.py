@@ -563,10 +563,12 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",), cho
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
     the script's "# ## Hyperparameters" section becomes `--lower-case-name`;
-    its trailing comment is its help text and its value the default. Numbers must be positive, except
-    the names in `non_negative`. Returns an `argparse.Namespace` with
+    its trailing comment is its help text and its value the default.
+    Numbers must be positive, except the names in `non_negative`; `choices`
+    maps a NAME to its allowed values. Returns an `argparse.Namespace` with
     lower-case names, plus `resume`.
     """
+    choices = choices or {}
     script = Path(script_globals["__file__"])
     parser = OneLineErrorParser(
         prog=script.name,
@@ -712,36 +714,43 @@ def start_run(script_globals, argv=None, choices=None):
     return config
 
 
-def write_metrics(vae, test_data, output_dir, train_seconds, loss_scale, batch_size,
-                  extra=None):
-    """Writes metrics.json and prints its headline: the final training loss
-    on the chapter's own scale and the test loss per image (comparable
-    across chapters). `extra` adds a chapter's own entries."""
-    history = read_history(output_dir / "history.csv")
+def write_metrics(vae, test_data, train_seconds, loss_scale, config, extra=None):
+    """Writes metrics.json into `config.output_dir` and prints its headline:
+    the final training loss on the chapter's own scale and the test loss per
+    image (comparable across chapters). `extra` adds a chapter's entries."""
+    history = read_history(config.output_dir / "history.csv")
     metrics = {
-        # A fresh estimate with newly sampled z, so it differs a little from
-        # the last epoch's val_loss.
+        # Exact sums over the test images divided by their number. The last
+        # epoch's val_loss differs a little: it averages batch values, so a
+        # short last batch weighs as much as a full one, and z is sampled anew.
         "test_per_image": evaluate_per_image(vae, test_data),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
-        "final_train_loss_per_image": _per_image(vae, history, batch_size),
+        "final_train_loss_per_image": _per_image(vae, history, config),
         "epochs_trained": len(history["loss"]),
         "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
         **(extra or {}),
     }
-    save_json(metrics, output_dir / "metrics.json")
+    save_json(metrics, config.output_dir / "metrics.json")
     print(f"Final training loss ({loss_scale}): {metrics['final_train_loss']:.2f}; "
           f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
     return metrics
 
 
-def _per_image(vae, history, batch_size):
-    """The last epoch's training loss per image: a term summed over the batch
-    is divided by the batch size (approximately right: an epoch's last batch
-    may hold fewer images)."""
-    divisor = {"mean": 1, "sum": batch_size}
-    return float(history["reconstruction_loss"][-1] / divisor[vae.reconstruction_reduction]
-                 + history["kl_loss"][-1] / divisor[vae.kl_reduction])
+def _per_image(vae, history, config):
+    """The last epoch's training loss per image.
+
+    An epoch's value is the average over its batches. A term summed over each
+    batch is turned back into the sum over the epoch (times the number of
+    batches) and divided by the number of images: exact. A term averaged over
+    each batch is taken as it is: exact when every batch is full, otherwise
+    off by the short last batch's small weight.
+    """
+    batches = math.ceil(config.train_samples / config.batch_size)
+    per_image = {"mean": lambda value: value,
+                 "sum": lambda value: value * batches / config.train_samples}
+    return float(per_image[vae.reconstruction_reduction](history["reconstruction_loss"][-1])
+                 + per_image[vae.kl_reduction](history["kl_loss"][-1]))
 
 
 def read_history(history_csv):

@@ -147,7 +147,7 @@ def plot_training_curves(history_csv, path, loss_scale):
 
 
 def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, output_dir,
-                                 loss_scale, seed=0, examples_shown=12):
+                                 loss_scale, seed, examples_shown):
     """Every figure of a conditional VAE chapter.
 
     `decode(z, digits)` is the chapter's decoder call; `z_mean` the posterior

@@ -10,17 +10,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import training_loops  # noqa: E402
 
-SMALL_TRAIN, SMALL_TEST = 1024, 256
+def write_mnist_slice(folder, train, test):
+    """A Keras-format mnist.npz with the first `train` and `test` images."""
+    (x_train, y_train), (x_test, y_test) = training_loops.load_mnist(verbose=False)
+    path = folder / "mnist.npz"
+    np.savez(path, x_train=x_train[:train], y_train=y_train[:train],
+             x_test=x_test[:test], y_test=y_test[:test])
+    return path
 
 
 @pytest.fixture(scope="session")
 def mnist_slice_npz(tmp_path_factory):
-    """A Keras-format mnist.npz with the first 1,024 train and 256 test images."""
-    (x_train, y_train), (x_test, y_test) = training_loops.load_mnist(verbose=False)
-    path = tmp_path_factory.mktemp("mnist") / "mnist.npz"
-    np.savez(path, x_train=x_train[:SMALL_TRAIN], y_train=y_train[:SMALL_TRAIN],
-             x_test=x_test[:SMALL_TEST], y_test=y_test[:SMALL_TEST])
-    return path
+    """The first 1,024 training and 256 test images of MNIST."""
+    return write_mnist_slice(tmp_path_factory.mktemp("mnist"), 1024, 256)
+
+
+@pytest.fixture(scope="session")
+def mnist_larger_slice_npz(tmp_path_factory):
+    """The first 6,000 training and 500 test images: enough to learn to restore."""
+    return write_mnist_slice(tmp_path_factory.mktemp("mnist_larger"), 6000, 500)
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ def test_architecture_matches_the_seed_with_one_shared_table():
     vae = cvae_embedding.build_vae(latent_dim=2, embedding_dim=8, seed=0)
     assert vae.count_params() == 512_149
     assert vae.label_embedding.count_params() == 10 * 8
+    table = vae.label_embedding.get_layer("table")
+    assert isinstance(table.embeddings_initializer, keras.initializers.RandomUniform)
     assert concatenation_widths(vae.encoder) == [3144]  # 3136 image features + 8
     assert concatenation_widths(vae.decoder) == [10]  # z (2) + embedded label (8)
     # The table lives outside both halves, so there is exactly one.
@@ -86,7 +88,7 @@ def finished_run(tmp_path_factory, mnist_slice_npz):
     output_dir = tmp_path_factory.mktemp("embedding_run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MNIST_PATH", str(mnist_slice_npz))
-        vae = cvae_embedding.main(["--epochs", "1", "--train-samples", "1024",
+        vae = cvae_embedding.main(["--epochs", "1", "--train-samples", "1000",
                                    "--test-samples", "256", "--batch-size", "64",
                                    "--output-dir", str(output_dir)])
     return output_dir, vae
@@ -105,9 +107,10 @@ def test_a_small_run_writes_every_output(finished_run):
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["final_train_loss"] == pytest.approx(history["loss"][-1])
     assert metrics["final_train_loss_scale"] == "loss summed over the batch"
-    # Per image: the batch sums divided by the 64 images of a batch.
-    expected = (history["reconstruction_loss"][-1] + history["kl_loss"][-1]) / 64
-    assert metrics["final_train_loss_per_image"] == pytest.approx(expected)
+    # Per image: 1,000 images make 16 batches of 64 (the last holds 40), so
+    # the epoch's sum is 16 times its mean batch sum, over 1,000 images.
+    epoch_sum = 16 * (history["reconstruction_loss"][-1] + history["kl_loss"][-1])
+    assert metrics["final_train_loss_per_image"] == pytest.approx(epoch_sum / 1000)
     assert all(math.isfinite(v) for v in metrics["test_per_image"].values())
     assert not (output_dir / "backup").exists()
 
