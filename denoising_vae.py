@@ -14,7 +14,7 @@ or a square hidden from view.
 Two things differ from the conditional chapters. z has 16 dimensions, not 2:
 it must carry the particular strokes of one digit (where they are, how thick)
 rather than just a style, and two numbers are too few for that. And the
-loss follows the seed's formulas exactly, with a quirk explained at
+loss follows the seed's formulas exactly, with a quirk explained in
 `build_vae`.
 
 Run `python denoising_vae.py` (5 epochs, a few minutes on a laptop CPU);
@@ -97,12 +97,15 @@ def salt_and_pepper(images, rng, fraction=0.1):
 
 
 def occlude(images, rng, size=10):
-    """Blanks a random `size` x `size` square in each image."""
+    """Blanks a `size` x `size` square in each image, centred on a random
+    pixel of ink (so that it hides part of the digit, not empty paper)."""
     damaged = images.copy()
     height, width = images.shape[1:3]
-    tops = rng.integers(0, height - size + 1, size=len(images))
-    lefts = rng.integers(0, width - size + 1, size=len(images))
-    for image, top, left in zip(damaged, tops, lefts):
+    for image in damaged:
+        ink_rows, ink_columns = np.nonzero(image[..., 0] > 0.5)
+        centre = rng.integers(len(ink_rows))
+        top = np.clip(ink_rows[centre] - size // 2, 0, height - size)
+        left = np.clip(ink_columns[centre] - size // 2, 0, width - size)
         image[top:top + size, left:left + size] = 0.0
     return damaged
 
@@ -116,6 +119,7 @@ CORRUPTIONS = {
 
 
 def corrupt(images, corruption, seed):
+    """Damages `images` with the named corruption, drawing from `seed`."""
     return CORRUPTIONS[corruption](images, np.random.default_rng(seed))
 
 
@@ -152,14 +156,7 @@ def build_decoder(latent_dim):
 
 # ## Model
 
-# The seed writes the reconstruction term as reduce_mean(reduce_sum(bce)):
-# the inner sum adds the cross-entropy over every pixel of every image in the
-# batch, so the outer mean acts on a single number and changes nothing. The
-# reconstruction is therefore summed over the batch, while the KL term is
-# averaged over it: a batch of 128 gives ~8,908 (the seed's figure). Relative
-# to the reconstruction, the KL weighs 1/128 of its usual weight, so this
-# model is close to a plain autoencoder: sharp restorations, a large KL per
-# image, and a latent space that is far from N(0, I).
+# The scale of the losses this chapter reports (why: see build_vae).
 LOSS_SCALE = "reconstruction summed, KL averaged over the batch"
 
 
@@ -168,6 +165,14 @@ def build_vae(latent_dim, seed):
     return VAE(
         build_encoder(latent_dim),
         build_decoder(latent_dim),
+        # The seed writes the reconstruction term as reduce_mean(reduce_sum(bce)):
+        # the inner sum adds the cross-entropy over every pixel of every image
+        # in the batch, so the outer mean acts on a single number and changes
+        # nothing. The reconstruction is therefore summed over the batch, while
+        # the KL term is averaged over it: a batch of 128 gives ~8,908 (the
+        # seed's figure). Relative to the reconstruction, the KL weighs 1/128
+        # of its usual weight, so this model is close to a plain autoencoder:
+        # sharp restorations, and a latent space far from N(0, I).
         reconstruction_reduction="sum",
         kl_reduction="mean",
         seed=seed,
@@ -199,29 +204,29 @@ def restore(vae, damaged, batch_size):
 
 
 def image_quality(images, clean):
-    """PSNR (dB, higher is better) and SSIM (1 = identical) per image."""
-    return (tf.image.psnr(images, clean, max_val=1.0).numpy(),
-            tf.image.ssim(images, clean, max_val=1.0).numpy())
+    """PSNR (dB, higher is better) and SSIM (1 = identical) of each image."""
+    return {"psnr": tf.image.psnr(images, clean, max_val=1.0).numpy(),
+            "ssim": tf.image.ssim(images, clean, max_val=1.0).numpy()}
 
 
-def restoration_metrics(quality, corruption):
-    """Mean PSNR and SSIM of the damaged and the restored test images.
-
-    `quality` maps "corrupted" and "restored" to `image_quality` results."""
-    psnr_restored, psnr_corrupted = quality["restored"][0], quality["corrupted"][0]
+def restoration_metrics(corrupted, restored, corruption):
+    """Mean PSNR and SSIM of the damaged and of the restored test images,
+    given the `image_quality` of each."""
     return {
         "corruption": corruption,
         "restored_with": "decoder(z_mean): the posterior mean, no sampling",
-        "psnr_db": {name: float(np.mean(psnr)) for name, (psnr, _) in quality.items()},
-        "ssim": {name: float(np.mean(ssim)) for name, (_, ssim) in quality.items()},
-        "share_of_images_improved_psnr": float(np.mean(psnr_restored > psnr_corrupted)),
+        "psnr_db": {"corrupted": float(np.mean(corrupted["psnr"])),
+                    "restored": float(np.mean(restored["psnr"]))},
+        "ssim": {"corrupted": float(np.mean(corrupted["ssim"])),
+                 "restored": float(np.mean(restored["ssim"]))},
+        "share_of_images_improved_psnr": float(np.mean(restored["psnr"] > corrupted["psnr"])),
     }
 
 
 # ## Figures
 
 
-def save_figures(damaged, restored, clean, quality, config):
+def save_figures(damaged, restored, clean, psnr_damaged, psnr_restored, config):
     output_dir = config.output_dir
     shown = slice(0, config.examples_shown)
     plot_image_rows(
@@ -230,8 +235,8 @@ def save_figures(damaged, restored, clean, quality, config):
         output_dir / "restorations.png",
         "Damaged test digits, their restorations (decoded posterior mean), originals",
     )
-    plot_restoration_gain(quality["corrupted"][0], quality["restored"][0],
-                          output_dir / "psnr_gain.png", config.corruption)
+    plot_restoration_gain(psnr_damaged, psnr_restored, output_dir / "psnr_gain.png",
+                          config.corruption)
     plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
                          LOSS_SCALE)
 
@@ -245,6 +250,7 @@ def main(argv=None):
         config.train_samples, config.test_samples)
     # Damaged images go in; the clean originals are the targets.
     train_damaged = corrupt(train_images, config.corruption, config.seed)
+    # The test damage is drawn apart from the training damage (another seed).
     test_damaged = corrupt(test_images, config.corruption, config.seed + 1)
     train_data = make_dataset(train_damaged, train_images, config.batch_size,
                               shuffle_buffer=config.shuffle_buffer, seed=config.seed)
@@ -252,15 +258,16 @@ def main(argv=None):
 
     vae, train_seconds = train_vae(config, train_data, test_data)
     restored = restore(vae, test_damaged, config.batch_size)
-    quality = {"corrupted": image_quality(test_damaged, test_images),
-               "restored": image_quality(restored, test_images)}
+    damaged_quality = image_quality(test_damaged, test_images)
+    restored_quality = image_quality(restored, test_images)
+    restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
     metrics = write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config,
-                            extra={"restoration": restoration_metrics(quality,
-                                                                      config.corruption)})
+                            extra={"restoration": restoration})
     psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
     print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
           f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on the test images")
-    save_figures(test_damaged, restored, test_images, quality, config)
+    save_figures(test_damaged, restored, test_images, damaged_quality["psnr"],
+                 restored_quality["psnr"], config)
     # Every output is written: the backup that allowed --resume can go.
     discard_backup(config.output_dir)
     print(f"Wrote the model, metrics, history and figures to {config.output_dir}")

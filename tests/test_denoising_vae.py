@@ -10,13 +10,14 @@ import pytest
 import tensorflow as tf
 
 import denoising_vae
-from training_loops import make_reproducible, parse_hyperparameters, read_history
+from training_loops import images_to_float, load_mnist, make_reproducible, read_history
 
 
 @pytest.fixture
-def digits():
-    """Twenty images with ink everywhere, so that every kind of damage shows."""
-    return np.random.default_rng(0).uniform(0.2, 1.0, size=(20, 28, 28, 1)).astype("float32")
+def digits(mnist_slice_npz):
+    """The first 100 MNIST test digits, as floats in [0, 1]."""
+    (_, _), (x_test, _) = load_mnist(mnist_slice_npz, verbose=False)
+    return images_to_float(x_test[:100])
 
 
 def test_blur_is_a_resize_to_14_and_back_to_28(digits):
@@ -25,25 +26,30 @@ def test_blur_is_a_resize_to_14_and_back_to_28(digits):
                               [28, 28], method="bilinear").numpy()
     np.testing.assert_array_equal(blurred, by_hand)
     assert blurred.shape == digits.shape and blurred.dtype == np.float32
+    assert digits.min() == 0.0 and digits.max() == 1.0
     assert blurred.min() >= 0.0 and blurred.max() <= 1.0
     assert not np.array_equal(blurred, digits)
 
 
 @pytest.mark.parametrize("corruption", sorted(denoising_vae.CORRUPTIONS))
 def test_every_corruption_keeps_shape_dtype_and_range_and_damages(digits, corruption):
+    original = digits.copy()
     damaged = denoising_vae.corrupt(digits, corruption, seed=1)
     assert damaged.shape == digits.shape and damaged.dtype == np.float32
     assert damaged.min() >= 0.0 and damaged.max() <= 1.0
     changed_per_image = np.abs(damaged - digits).reshape(len(digits), -1).max(axis=1)
-    assert np.all(changed_per_image > 0.1)  # every image is damaged
+    assert np.all(changed_per_image > 0.1)  # every one of the 100 digits is damaged
     # Pure: the input is untouched and the same seed damages the same way.
+    np.testing.assert_array_equal(digits, original)
     np.testing.assert_array_equal(denoising_vae.corrupt(digits, corruption, seed=1), damaged)
 
 
-def test_occlusion_blanks_one_square_of_the_given_size():
+def test_occlusion_blanks_one_square_of_the_given_size_over_ink(digits):
     ones = np.ones((50, 28, 28, 1), "float32")
     damaged = denoising_vae.occlude(ones, np.random.default_rng(0), size=10)
     assert np.all((damaged == 0).reshape(50, -1).sum(axis=1) == 100)
+    hidden_ink = (digits - denoising_vae.occlude(digits, np.random.default_rng(0))).sum(axis=(1, 2, 3))
+    assert np.all(hidden_ink > 1.0)  # every square hides part of its digit
 
 
 def test_salt_and_pepper_hits_about_the_given_fraction():
@@ -55,10 +61,11 @@ def test_salt_and_pepper_hits_about_the_given_fraction():
 
 
 def test_psnr_and_ssim_reach_their_extremes_on_identical_images(digits):
-    psnr, ssim = denoising_vae.image_quality(digits, digits)
-    assert np.all(np.isinf(psnr))
-    np.testing.assert_allclose(ssim, 1.0, atol=1e-6)
-    psnr_blurred, ssim_blurred = denoising_vae.image_quality(denoising_vae.blur(digits), digits)
+    same = denoising_vae.image_quality(digits, digits)
+    assert np.all(np.isinf(same["psnr"]))
+    np.testing.assert_allclose(same["ssim"], 1.0, atol=1e-6)
+    blurred = denoising_vae.image_quality(denoising_vae.blur(digits), digits)
+    psnr_blurred, ssim_blurred = blurred["psnr"], blurred["ssim"]
     assert np.all(np.isfinite(psnr_blurred)) and np.all(ssim_blurred < 0.99)
     # PSNR by hand: 10 log10(1 / mean squared error).
     mse = np.mean((denoising_vae.blur(digits) - digits) ** 2, axis=(1, 2, 3))
@@ -93,11 +100,11 @@ def test_the_loss_is_the_seeds_formula(digits):
     assert reported["loss"] == pytest.approx(reconstruction + kl, rel=1e-4)
 
 
-def test_an_unknown_corruption_is_refused_with_exit_status_2(capsys):
+def test_an_unknown_corruption_is_refused_with_exit_status_2(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        parse_hyperparameters(vars(denoising_vae), ["--corruption", "fog"],
-                              choices={"CORRUPTION": denoising_vae.CORRUPTIONS})
+        denoising_vae.main(["--corruption", "fog", "--output-dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "invalid choice: 'fog'" in error
 
@@ -139,6 +146,6 @@ def test_a_small_run_writes_every_output(finished_run):
     assert metrics["final_train_loss_per_image"] == pytest.approx(expected)
     assert all(math.isfinite(v) for v in metrics["test_per_image"].values())
     reloaded = keras.models.load_model(output_dir / "denoising_vae.keras")
-    z = np.random.default_rng(0).standard_normal((8, 16)).astype("float32")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded.decode(z)),
-                                  keras.ops.convert_to_numpy(trained.decode(z)))
+    blurred = denoising_vae.blur(np.random.default_rng(0).uniform(size=(8, 28, 28, 1)))
+    np.testing.assert_array_equal(denoising_vae.restore(reloaded, blurred, 8),
+                                  denoising_vae.restore(trained, blurred, 8))
