@@ -48,6 +48,7 @@ TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
 # Model
 LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
 EMBEDDING_DIM = 8  # length of each digit's learned label vector
+BETA = 1.0  # weight of the KL term: 1 is the seed's VAE, >1 smoother z, <1 sharper images
 # Training
 EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
@@ -131,7 +132,7 @@ def build_decoder(latent_dim, embedding_dim):
 LOSS_SCALE = "loss summed over the batch"
 
 
-def build_vae(latent_dim, embedding_dim, seed):
+def build_vae(latent_dim, embedding_dim, seed, beta):
     """The shared VAE class, with this chapter's embedding, encoder, decoder."""
     return VAE(
         build_encoder(latent_dim, embedding_dim),
@@ -140,6 +141,7 @@ def build_vae(latent_dim, embedding_dim, seed):
         reconstruction_reduction="sum",
         kl_reduction="sum",
         label_embedding=build_label_embedding(embedding_dim),
+        beta=beta,
         seed=seed,
         name="cvae_embedding",
     )
@@ -150,7 +152,7 @@ def build_vae(latent_dim, embedding_dim, seed):
 
 def train_vae(config, train_data, test_data):
     """Builds, trains (resumably: see `train`) and saves the model."""
-    vae = build_vae(config.latent_dim, config.embedding_dim, config.seed)
+    vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta)
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
                           resume=config.resume)

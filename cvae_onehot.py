@@ -47,6 +47,7 @@ TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
 # Model
 LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
+BETA = 1.0  # weight of the KL term: 1 is the seed's VAE, >1 smoother z, <1 sharper images
 # Training
 EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
@@ -109,7 +110,7 @@ def build_decoder(latent_dim):
 LOSS_SCALE = "loss per image, batch mean"
 
 
-def build_vae(latent_dim, seed):
+def build_vae(latent_dim, seed, beta):
     """The shared VAE class, with this chapter's encoder and decoder."""
     return VAE(
         build_encoder(latent_dim),
@@ -117,6 +118,7 @@ def build_vae(latent_dim, seed):
         # Both terms averaged over the batch: a loss per image.
         reconstruction_reduction="mean",
         kl_reduction="mean",
+        beta=beta,
         seed=seed,
         name="cvae_onehot",
     )
@@ -127,7 +129,7 @@ def build_vae(latent_dim, seed):
 
 def train_vae(config, train_data, test_data):
     """Builds, trains (resumably: see `train`) and saves the model."""
-    vae = build_vae(config.latent_dim, config.seed)
+    vae = build_vae(config.latent_dim, config.seed, config.beta)
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
                           resume=config.resume)

@@ -53,6 +53,7 @@ TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
 # Model
 LATENT_DIM = 16  # size of z; restoring one digit's strokes needs more than 2
+BETA = 1.0  # weight of the KL term: 1 is the seed's VAE, >1 smoother z, <1 sharper images
 # Training
 EPOCHS = 5  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
@@ -160,7 +161,7 @@ def build_decoder(latent_dim):
 LOSS_SCALE = "reconstruction summed, KL averaged over the batch"
 
 
-def build_vae(latent_dim, seed):
+def build_vae(latent_dim, seed, beta):
     """The shared VAE class: damaged images in, clean images as targets."""
     return VAE(
         build_encoder(latent_dim),
@@ -175,6 +176,7 @@ def build_vae(latent_dim, seed):
         # sharp restorations, and a latent space far from N(0, I).
         reconstruction_reduction="sum",
         kl_reduction="mean",
+        beta=beta,
         seed=seed,
         name="denoising_vae",
     )
@@ -185,7 +187,7 @@ def build_vae(latent_dim, seed):
 
 def train_vae(config, train_data, test_data):
     """Builds, trains (resumably: see `train`) and saves the model."""
-    vae = build_vae(config.latent_dim, config.seed)
+    vae = build_vae(config.latent_dim, config.seed, config.beta)
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
                           resume=config.resume)

@@ -136,6 +136,10 @@ class VAE(keras.Model):
     `reconstruction_reduction` and `kl_reduction` ("mean" or "sum") say how
     each per-image term is reduced over the batch, so every chapter reports
     the loss on the same scale as the seed document.
+
+    `beta` weighs the KL term: loss = reconstruction + beta * KL (the
+    beta-VAE of Higgins et al. 2017). 1.0 is the plain VAE, the seed's loss.
+    The reported `kl_loss` is the KL itself, unweighted.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class VAE(keras.Model):
         reconstruction_reduction="mean",
         kl_reduction="mean",
         label_embedding=None,
+        beta=1.0,
         seed=None,
         **kwargs,
     ):
@@ -157,9 +162,12 @@ class VAE(keras.Model):
                 raise ValueError(
                     f"{name} must be one of {sorted(BATCH_REDUCTIONS)}, got {value!r}"
                 )
+        if not beta >= 0:
+            raise ValueError(f"beta must be a number >= 0, got {beta!r}")
         self.encoder = encoder
         self.decoder = decoder
         self.label_embedding = label_embedding
+        self.beta = beta
         self.reconstruction_reduction = reconstruction_reduction
         self.kl_reduction = kl_reduction
         self.seed = seed
@@ -231,7 +239,7 @@ class VAE(keras.Model):
         )
         kl = BATCH_REDUCTIONS[self.kl_reduction](kl)
         return {
-            "loss": reconstruction + kl,
+            "loss": reconstruction + self.beta * kl,
             "reconstruction_loss": reconstruction,
             "kl_loss": kl,
         }
@@ -261,6 +269,7 @@ class VAE(keras.Model):
             "label_embedding": keras.saving.serialize_keras_object(self.label_embedding),
             "reconstruction_reduction": self.reconstruction_reduction,
             "kl_reduction": self.kl_reduction,
+            "beta": self.beta,
             "seed": self.seed,
         }
 
@@ -273,7 +282,8 @@ class VAE(keras.Model):
 
 
 def evaluate_per_image(vae, dataset):
-    """Mean reconstruction, KL and total loss per image over a whole dataset.
+    """Mean reconstruction, KL and total loss (reconstruction + beta * KL)
+    per image over a whole dataset.
 
     Unlike `vae.evaluate`, which averages the batch values on the model's own
     scale, this divides exact sums by the number of images, so the numbers
@@ -286,7 +296,7 @@ def evaluate_per_image(vae, dataset):
         kl_sum += float(ops.sum(kl))
         count += int(ops.shape(kl)[0])
     return {
-        "loss": (reconstruction_sum + kl_sum) / count,
+        "loss": (reconstruction_sum + vae.beta * kl_sum) / count,
         "reconstruction_loss": reconstruction_sum / count,
         "kl_loss": kl_sum / count,
     }
@@ -558,7 +568,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED",), choices=None):
+def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA"),
+                          choices=None):
     """Turns a script's top-level UPPER_CASE constants into flags.
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
@@ -726,13 +737,15 @@ def write_metrics(vae, test_data, train_seconds, loss_scale, config, extra=None)
         "test_per_image": evaluate_per_image(vae, test_data),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
+        "beta": vae.beta,  # loss = reconstruction + beta * KL
         "final_train_loss_per_image": _per_image(vae, history, config),
         "epochs_trained": len(history["loss"]),
         "train_seconds": round(train_seconds, 1),  # in this run, resumed or not
         **(extra or {}),
     }
     save_json(metrics, config.output_dir / "metrics.json")
-    print(f"Final training loss ({loss_scale}): {metrics['final_train_loss']:.2f}; "
+    print(f"Final training loss ({loss_scale}, beta {vae.beta}): "
+          f"{metrics['final_train_loss']:.2f}; "
           f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
     return metrics
 
@@ -750,7 +763,7 @@ def _per_image(vae, history, config):
     per_image = {"mean": lambda value: value,
                  "sum": lambda value: value * batches / config.train_samples}
     return float(per_image[vae.reconstruction_reduction](history["reconstruction_loss"][-1])
-                 + per_image[vae.kl_reduction](history["kl_loss"][-1]))
+                 + vae.beta * per_image[vae.kl_reduction](history["kl_loss"][-1]))
 
 
 def read_history(history_csv):

@@ -22,7 +22,7 @@ def embedding_table(vae):
 
 
 def test_architecture_matches_the_seed_with_one_shared_table():
-    vae = cvae_embedding.build_vae(latent_dim=2, embedding_dim=8, seed=0)
+    vae = cvae_embedding.build_vae(latent_dim=2, embedding_dim=8, seed=0, beta=1.0)
     assert vae.count_params() == 512_149
     assert vae.label_embedding.count_params() == 10 * 8
     table = vae.label_embedding.get_layer("table")
@@ -49,12 +49,12 @@ def test_class_index_is_an_integer_column():
 def test_the_batch_sum_is_the_per_image_loss_times_the_batch_size():
     (images, labels), targets = a_batch()
     make_reproducible(0)
-    vae = cvae_embedding.build_vae(2, 8, seed=3)
+    vae = cvae_embedding.build_vae(2, 8, seed=3, beta=1.0)
     reported = {k: float(v) for k, v in vae.batch_losses((images, labels), targets).items()}
 
     # The same batch by hand: a twin model with the same weights and seed
     # draws the same noise, and NumPy computes both terms per image.
-    twin = cvae_embedding.build_vae(2, 8, seed=3)
+    twin = cvae_embedding.build_vae(2, 8, seed=3, beta=1.0)
     twin.set_weights(vae.get_weights())
     z_mean, z_log_var = (keras.ops.convert_to_numpy(t) for t in twin.encode(images, labels))
     z = keras.ops.convert_to_numpy(twin.sampling([z_mean, z_log_var]))
@@ -73,7 +73,7 @@ def test_training_changes_the_embedding_and_lowers_the_loss():
     make_reproducible(0)
     (images, labels), targets = a_batch(batch_size=256)
     data = make_dataset((images, labels), targets, batch_size=32)
-    vae = cvae_embedding.build_vae(2, 8, seed=0)
+    vae = cvae_embedding.build_vae(2, 8, seed=0, beta=1.0)
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
     table_before = embedding_table(vae).copy()
     loss_before = vae.evaluate(data, return_dict=True, verbose=0)["loss"]

@@ -176,7 +176,7 @@ def test_a_loss_that_turns_nan_stops_training_with_a_clear_message(tmp_path):
     images = np.full((64, 28, 28, 1), np.nan, "float32")
     labels = cvae_onehot.one_hot(np.zeros(64, int))
     data = make_dataset((images, labels), images, batch_size=32)
-    vae = cvae_onehot.build_vae(2, seed=0)
+    vae = cvae_onehot.build_vae(2, seed=0, beta=1.0)
     vae.compile(optimizer=keras.optimizers.Adam())
     with pytest.raises(TrainingDiverged, match="the loss became nan in epoch 1"):
         train(vae, data, None, epochs=3, output_dir=tmp_path)

@@ -22,7 +22,7 @@ def concatenation_widths(model):
 
 
 def test_architecture_matches_the_seed():
-    vae = cvae_onehot.build_vae(latent_dim=2, seed=0)
+    vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
     assert vae.encoder.count_params() == 422_148
     assert vae.decoder.count_params() == 96_449
     assert vae.count_params() == 518_597
@@ -32,7 +32,7 @@ def test_architecture_matches_the_seed():
 
 def test_shapes_through_the_model(digits_batch):
     images, digits = digits_batch
-    vae = cvae_onehot.build_vae(latent_dim=3, seed=0)
+    vae = cvae_onehot.build_vae(latent_dim=3, seed=0, beta=1.0)
     z_mean, z_log_var = vae.encoder([images[:5], cvae_onehot.one_hot(digits[:5])])
     assert z_mean.shape == z_log_var.shape == (5, 3)
     reconstructions = keras.ops.convert_to_numpy(vae((images[:5], cvae_onehot.one_hot(digits[:5]))))
@@ -46,7 +46,7 @@ def make_pairs(images, digits, batch_size=32):
 
 def test_a_few_training_steps_lower_the_loss(digits_batch):
     make_reproducible(0)
-    vae = cvae_onehot.build_vae(latent_dim=2, seed=0)
+    vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
     data = make_pairs(*digits_batch)
     before = vae.evaluate(data, return_dict=True, verbose=0)
@@ -58,7 +58,7 @@ def test_a_few_training_steps_lower_the_loss(digits_batch):
 
 def test_saved_model_reloads_with_identical_outputs(digits_batch, tmp_path):
     images, digits = digits_batch
-    vae = cvae_onehot.build_vae(latent_dim=2, seed=0)
+    vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
     vae.fit(make_pairs(images, digits), epochs=1, verbose=0, shuffle=False)
     vae.save(tmp_path / "model.keras")
