@@ -33,11 +33,17 @@ from training_loops import (
     make_dataset,
     run_main,
     save_model,
+    load_trained_model,
+    parse_hyperparameters,
     start_run,
     train,
     write_metrics,
 )
-from visualization_utils import plot_conditional_vae_figures
+from visualization_utils import (
+    LatentExplorer,
+    plot_conditional_vae_figures,
+    show_explorer,
+)
 
 # ## Hyperparameters
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
@@ -151,11 +157,29 @@ def save_figures(vae, test_images, test_digits, config):
                                  seed=config.seed, examples_shown=config.examples_shown)
 
 
+# ## Explore
+
+
+def explore(config):
+    """--explore: sliders for z and a digit selector on the saved model."""
+    vae = load_trained_model(config.output_dir / "cvae_onehot.keras", "python cvae_onehot.py")
+
+    def decode(z, digits):
+        return keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
+
+    explorer = LatentExplorer(decode)
+    show_explorer()
+    return explorer
+
+
 # ## Main
 
 
 def main(argv=None):
-    config = start_run(globals(), argv)
+    config = parse_hyperparameters(globals(), argv)
+    if config.explore:
+        return explore(config)
+    start_run(config)
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
         config.train_samples, config.test_samples)
     # The one-hot label goes in beside the image; the target is the image.

@@ -38,11 +38,19 @@ from training_loops import (
     make_dataset,
     run_main,
     save_model,
+    load_trained_model,
+    parse_hyperparameters,
     start_run,
     train,
     write_metrics,
 )
-from visualization_utils import plot_image_rows, plot_restoration_gain, plot_training_curves
+from visualization_utils import (
+    RestorationExplorer,
+    plot_image_rows,
+    plot_restoration_gain,
+    plot_training_curves,
+    show_explorer,
+)
 
 # ## Hyperparameters
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
@@ -243,11 +251,30 @@ def save_figures(damaged, restored, clean, psnr_damaged, psnr_restored, config):
                          LOSS_SCALE)
 
 
+# ## Explore
+
+
+def explore(config):
+    """--explore: step through the test digits, damaged, restored, original."""
+    vae = load_trained_model(config.output_dir / "denoising_vae.keras",
+                             "python denoising_vae.py")
+    (_, _), (test_images, _) = load_mnist_images(0, config.test_samples)
+    damaged = corrupt(test_images, config.corruption, config.seed + 1)
+    explorer = RestorationExplorer(damaged, test_images,
+                                   lambda images: restore(vae, images, config.batch_size),
+                                   config.corruption)
+    show_explorer()
+    return explorer
+
+
 # ## Main
 
 
 def main(argv=None):
-    config = start_run(globals(), argv, choices={"CORRUPTION": CORRUPTIONS})
+    config = parse_hyperparameters(globals(), argv, choices={"CORRUPTION": CORRUPTIONS})
+    if config.explore:
+        return explore(config)
+    start_run(config)
     (train_images, _), (test_images, _) = load_mnist_images(
         config.train_samples, config.test_samples)
     # Damaged images go in; the clean originals are the targets.

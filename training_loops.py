@@ -311,7 +311,11 @@ NUM_CLASSES = 10  # MNIST's digits 0-9
 IMAGE_SHAPE = (28, 28, 1)  # height, width, channels of an MNIST image
 
 
-class MnistError(RuntimeError):
+class RunError(RuntimeError):
+    """An expected failure: `run_main` prints its message, no traceback."""
+
+
+class MnistError(RunError):
     """MNIST could not be loaded; the message says what was tried and why."""
 
 
@@ -558,7 +562,7 @@ def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
 
 # Settings that change neither the model nor the data: they may differ
 # between a run and its --resume.
-RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume"}
+RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore"}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -577,7 +581,7 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
     its trailing comment is its help text and its value the default.
     Numbers must be positive, except the names in `non_negative`; `choices`
     maps a NAME to its allowed values. Returns an `argparse.Namespace` with
-    lower-case names, plus `resume`.
+    lower-case names, plus `resume` and `explore`.
     """
     choices = choices or {}
     script = Path(script_globals["__file__"])
@@ -604,6 +608,11 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
     parser.add_argument(
         "--resume", action="store_true",
         help="continue an interrupted run from its last finished epoch",
+    )
+    parser.add_argument(
+        "--explore", action="store_true",
+        help="open the interactive explorer on the model the last run saved in "
+        "--output-dir, instead of training",
     )
     return parser.parse_args(argv)
 
@@ -713,16 +722,19 @@ def check_resumable(config, output_dir):
         sys.exit(2)
 
 
-def start_run(script_globals, argv=None, choices=None):
-    """The first lines of every chapter's main(): the hyperparameters from the
-    command line (see `parse_hyperparameters`), a check that a --resume
-    continues the same run, seeding, and config.json. Returns the
-    configuration."""
-    config = parse_hyperparameters(script_globals, argv, choices=choices)
+def start_run(config):
+    """The first steps of every chapter's training run: a check that a
+    --resume continues the same run, seeding, and config.json."""
     check_resumable(config, config.output_dir)
     make_reproducible(config.seed)
     save_json(vars(config), config.output_dir / "config.json")
-    return config
+
+
+def load_trained_model(path, train_command):
+    """The model a finished run saved, or a RunError naming how to train one."""
+    if not Path(path).exists():
+        raise RunError(f"no trained model at {path}. Train one first: {train_command}")
+    return keras.models.load_model(path)
 
 
 def write_metrics(vae, test_data, train_seconds, loss_scale, config, extra=None):
@@ -792,7 +804,7 @@ def make_reproducible(seed):
     tf.config.experimental.enable_op_determinism()
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
 
 
@@ -886,6 +898,6 @@ def run_main(main):
         print("\nInterrupted. Finished epochs are backed up: run the same command "
               "with --resume to continue.", file=sys.stderr)
         sys.exit(130)
-    except (MnistError, TrainingDiverged) as error:
+    except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

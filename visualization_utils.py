@@ -11,8 +11,12 @@ Each grid is decoded in one batched call.
 from statistics import NormalDist
 
 import numpy as np
+from matplotlib import pyplot
+from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from matplotlib.widgets import RadioButtons, Slider
 
 from training_loops import atomic_path, read_history
 
@@ -160,8 +164,9 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
                           "so z encodes style and the digits overlap")
         for digit in range(NUM_DIGITS):
             plot_latent_manifold(decode, digit, output_dir / f"manifold_digit_{digit}.png")
+        save_latent_traversal_gif(decode, output_dir / "latent_traversal.gif")
     else:
-        print(f"Skipping the latent space and manifold figures: they need "
+        print(f"Skipping the latent space, manifold and traversal figures: they need "
               f"--latent-dim 2, not {latent_dim}.")
     plot_generated_digits(decode, latent_dim, output_dir / "generated_digits.png", seed=seed)
     shown = slice(0, examples_shown)
@@ -251,3 +256,138 @@ def plot_restoration_gain(psnr_corrupted, psnr_restored, path, corruption):
     right.legend()
     figure.suptitle(f"Restoring '{corruption}' corruption: PSNR against the clean image")
     return save_figure(figure, path)
+
+
+def latent_loop(frames, radius=1.2):
+    """A smooth closed path through the 2-d latent plane: a circle of the
+    given radius around the origin, where the prior puts most of its mass
+    (a radius of 1.2 encloses about half of N(0, I))."""
+    angles = np.linspace(0.0, 2.0 * np.pi, frames, endpoint=False)
+    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+
+
+def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
+    """An animated GIF: all ten digits decoded from the same z while z walks
+    a closed loop through the latent plane (left: where z is now)."""
+    path_points = latent_loop(frames).astype("float32")
+    digits = np.arange(NUM_DIGITS)
+    # Every frame of every digit in one batched call: (frames * 10) images.
+    images = decode(np.repeat(path_points, NUM_DIGITS, axis=0), np.tile(digits, frames))
+    mosaics = [tile_images(images[i * NUM_DIGITS:(i + 1) * NUM_DIGITS], 2, NUM_DIGITS // 2)
+               for i in range(frames)]
+
+    figure = Figure(figsize=(7.2, 3.0), dpi=80, layout="constrained")
+    FigureCanvasAgg(figure)  # draws off-screen, so the GIF needs no display
+    plane, digits_axes = figure.subplots(1, 2, width_ratios=[1, 2.2])
+    plane.plot(*np.vstack([path_points, path_points[:1]]).T, color="lightgrey")
+    (marker,) = plane.plot(*path_points[0], "o", color="tab:red")
+    plane.set_xlim(-2.5, 2.5)
+    plane.set_ylim(-2.5, 2.5)
+    plane.set_aspect("equal")
+    plane.set_xlabel("z[0]")
+    plane.set_ylabel("z[1]")
+    plane.set_title("z")
+    picture = digits_axes.imshow(mosaics[0], cmap="gray_r", vmin=0.0, vmax=1.0)
+    digits_axes.set_axis_off()
+    digits_axes.set_title("digits 0-9 decoded from this z")
+
+    def show_frame(index):
+        marker.set_data([path_points[index, 0]], [path_points[index, 1]])
+        picture.set_data(mosaics[index])
+        return marker, picture
+
+    animation = FuncAnimation(figure, show_frame, frames=frames, blit=False)
+    with atomic_path(path) as temporary:
+        animation.save(temporary, writer=PillowWriter(fps=frames_per_second))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Interactive explorers (--explore)
+# ---------------------------------------------------------------------------
+# These open a window, so they use pyplot, which picks whatever interactive
+# backend the machine has. Their widgets can also be driven from code, which
+# is how the tests check them without a display.
+
+
+class LatentExplorer:
+    """Sliders for the two latent coordinates and buttons for the digit; the
+    decoded image follows them. `decode(z, digits)` as for the figures."""
+
+    def __init__(self, decode, z_range=3.0):
+        self.decode = decode
+        self.figure = pyplot.figure(figsize=(6.5, 5.5))
+        self.figure.suptitle("Latent explorer: move z, pick a digit")
+        self.image_axes = self.figure.add_axes([0.30, 0.30, 0.62, 0.60])
+        self.image_axes.set_axis_off()
+        self.picture = self.image_axes.imshow(np.zeros((28, 28)), cmap="gray_r",
+                                              vmin=0.0, vmax=1.0)
+        self.z0_slider = Slider(self.figure.add_axes([0.30, 0.16, 0.55, 0.04]), "z[0]",
+                                -z_range, z_range, valinit=0.0)
+        self.z1_slider = Slider(self.figure.add_axes([0.30, 0.08, 0.55, 0.04]), "z[1]",
+                                -z_range, z_range, valinit=0.0)
+        digit_axes = self.figure.add_axes([0.04, 0.30, 0.16, 0.60])
+        digit_axes.set_title("digit")
+        self.digit_buttons = RadioButtons(digit_axes, [str(d) for d in range(NUM_DIGITS)])
+        self.z0_slider.on_changed(self.redraw)
+        self.z1_slider.on_changed(self.redraw)
+        self.digit_buttons.on_clicked(self.redraw)
+        self.redraw()
+
+    @property
+    def state(self):
+        """(z, digit) as the widgets now set them."""
+        z = np.array([[self.z0_slider.val, self.z1_slider.val]], dtype="float32")
+        return z, int(self.digit_buttons.value_selected)
+
+    def redraw(self, _=None):
+        z, digit = self.state
+        self.picture.set_data(np.asarray(self.decode(z, np.array([digit])))[0, ..., 0])
+        self.image_axes.set_title(f"digit {digit} at z = ({z[0, 0]:+.2f}, {z[0, 1]:+.2f})")
+        self.figure.canvas.draw_idle()
+
+
+class RestorationExplorer:
+    """A slider through the test images, showing each damaged digit, its
+    restoration and the original. `restore(damaged_images)` gives the
+    restorations."""
+
+    def __init__(self, damaged, clean, restore, corruption):
+        self.damaged, self.clean, self.restore = damaged, clean, restore
+        self.figure = pyplot.figure(figsize=(8, 4))
+        self.figure.suptitle("Restoration explorer: step through the test digits")
+        self.panels = self.figure.subplots(1, 3)
+        self.pictures = []
+        for axes, title in zip(self.panels, [corruption, "restored", "original"]):
+            axes.set_title(title)
+            axes.set_axis_off()
+            self.pictures.append(axes.imshow(np.zeros((28, 28)), cmap="gray_r",
+                                             vmin=0.0, vmax=1.0))
+        self.figure.subplots_adjust(bottom=0.22)
+        self.index_slider = Slider(self.figure.add_axes([0.2, 0.06, 0.6, 0.05]),
+                                   "test image", 0, len(damaged) - 1, valinit=0, valstep=1)
+        self.index_slider.on_changed(self.redraw)
+        self.redraw()
+
+    def redraw(self, _=None):
+        index = int(self.index_slider.val)
+        shown = slice(index, index + 1)
+        restored = np.asarray(self.restore(self.damaged[shown]))
+        for picture, images in zip(self.pictures, [self.damaged[shown], restored,
+                                                   self.clean[shown]]):
+            picture.set_data(images[0, ..., 0])
+        self.figure.canvas.draw_idle()
+
+
+def show_explorer():
+    """Opens the explorer's window, or says why there is none."""
+    if pyplot.get_backend().lower() == "agg":
+        raise ExplorerUnavailable(
+            "Matplotlib has no interactive backend here (no display?). Run on a "
+            "desktop, or set MPLBACKEND to an interactive backend such as TkAgg."
+        )
+    pyplot.show()
+
+
+class ExplorerUnavailable(RuntimeError):
+    """No window can be opened on this machine."""

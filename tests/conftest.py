@@ -1,7 +1,11 @@
 """Shared fixtures: a small slice of real MNIST, written once per test session."""
 
+import os
 import sys
 from pathlib import Path
+
+# No window during tests: the explorers' widgets are driven from code.
+os.environ["MPLBACKEND"] = "Agg"
 
 import numpy as np
 import pytest

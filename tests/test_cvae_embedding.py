@@ -96,6 +96,7 @@ def finished_run(tmp_path_factory, mnist_slice_npz):
 
 def test_a_small_run_writes_every_output(finished_run):
     output_dir, _ = finished_run
+    assert (output_dir / "latent_traversal.gif").stat().st_size < 2_000_000
     figures = ["label_embedding.png", "latent_space.png", "generated_digits.png",
                "reconstructions.png", "training_curves.png",
                *(f"manifold_digit_{d}.png" for d in range(10))]

@@ -45,6 +45,15 @@ def test_every_figure_is_a_png_that_is_not_blank(finished_run, name):
     assert middle.std() > 0.02
 
 
+def test_the_traversal_animation_is_a_small_gif(finished_run):
+    from PIL import Image
+
+    path = finished_run.dir / "latent_traversal.gif"
+    assert path.stat().st_size < 2_000_000
+    with Image.open(path) as gif:
+        assert gif.n_frames > 10
+
+
 def test_history_metrics_and_config_are_written(finished_run):
     run_dir = finished_run.dir
     history = read_history(run_dir / "history.csv")
