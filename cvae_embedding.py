@@ -30,17 +30,18 @@ from training_loops import (
     VAE,
     discard_backup,
     load_mnist_images,
+    load_trained_model,
     make_dataset,
+    parse_hyperparameters,
     run_main,
     save_model,
-    load_trained_model,
-    parse_hyperparameters,
     start_run,
     train,
     write_metrics,
 )
 from visualization_utils import (
     LatentExplorer,
+    check_explorer_can_open,
     plot_conditional_vae_figures,
     plot_label_embedding,
     show_explorer,
@@ -178,7 +179,7 @@ def save_figures(vae, test_images, test_digits, config):
 
     z_mean, _ = vae.encode(test_images, class_index(test_digits))
     plot_conditional_vae_figures(decode, keras.ops.convert_to_numpy(z_mean), test_images,
-                                 test_digits, config.output_dir, LOSS_SCALE,
+                                 test_digits, config.output_dir, LOSS_SCALE, config.beta,
                                  seed=config.seed, examples_shown=config.examples_shown)
     # The table itself: row d is the vector the model learned for digit d.
     table = vae.label_embedding.get_layer("table").embeddings
@@ -191,12 +192,13 @@ def save_figures(vae, test_images, test_digits, config):
 
 def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
-    vae = load_trained_model(config.output_dir / "cvae_embedding.keras", "python cvae_embedding.py")
+    check_explorer_can_open()
+    vae = load_trained_model(config.output_dir / "cvae_embedding.keras", "cvae_embedding.py")
 
     def decode(z, digits):
         return keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
 
-    explorer = LatentExplorer(decode)
+    explorer = LatentExplorer(decode, latent_dim=vae.decoder.inputs[0].shape[-1])
     show_explorer()
     return explorer
 

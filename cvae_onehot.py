@@ -30,17 +30,18 @@ from training_loops import (
     VAE,
     discard_backup,
     load_mnist_images,
+    load_trained_model,
     make_dataset,
+    parse_hyperparameters,
     run_main,
     save_model,
-    load_trained_model,
-    parse_hyperparameters,
     start_run,
     train,
     write_metrics,
 )
 from visualization_utils import (
     LatentExplorer,
+    check_explorer_can_open,
     plot_conditional_vae_figures,
     show_explorer,
 )
@@ -153,7 +154,7 @@ def save_figures(vae, test_images, test_digits, config):
 
     z_mean, _ = vae.encode(test_images, one_hot(test_digits))
     plot_conditional_vae_figures(decode, keras.ops.convert_to_numpy(z_mean), test_images,
-                                 test_digits, config.output_dir, LOSS_SCALE,
+                                 test_digits, config.output_dir, LOSS_SCALE, config.beta,
                                  seed=config.seed, examples_shown=config.examples_shown)
 
 
@@ -162,12 +163,13 @@ def save_figures(vae, test_images, test_digits, config):
 
 def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
-    vae = load_trained_model(config.output_dir / "cvae_onehot.keras", "python cvae_onehot.py")
+    check_explorer_can_open()
+    vae = load_trained_model(config.output_dir / "cvae_onehot.keras", "cvae_onehot.py")
 
     def decode(z, digits):
         return keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
 
-    explorer = LatentExplorer(decode)
+    explorer = LatentExplorer(decode, latent_dim=vae.decoder.inputs[0].shape[-1])
     show_explorer()
     return explorer
 

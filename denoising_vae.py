@@ -35,17 +35,19 @@ from training_loops import (
     VAE,
     discard_backup,
     load_mnist_images,
+    load_run_config,
+    load_trained_model,
     make_dataset,
+    parse_hyperparameters,
     run_main,
     save_model,
-    load_trained_model,
-    parse_hyperparameters,
     start_run,
     train,
     write_metrics,
 )
 from visualization_utils import (
     RestorationExplorer,
+    check_explorer_can_open,
     plot_image_rows,
     plot_restoration_gain,
     plot_training_curves,
@@ -248,21 +250,22 @@ def save_figures(damaged, restored, clean, psnr_damaged, psnr_restored, config):
     plot_restoration_gain(psnr_damaged, psnr_restored, output_dir / "psnr_gain.png",
                           config.corruption)
     plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
-                         LOSS_SCALE)
+                         LOSS_SCALE, config.beta)
 
 
 # ## Explore
 
 
-def explore(config):
-    """--explore: step through the test digits, damaged, restored, original."""
-    vae = load_trained_model(config.output_dir / "denoising_vae.keras",
-                             "python denoising_vae.py")
-    (_, _), (test_images, _) = load_mnist_images(0, config.test_samples)
-    damaged = corrupt(test_images, config.corruption, config.seed + 1)
-    explorer = RestorationExplorer(damaged, test_images,
-                                   lambda images: restore(vae, images, config.batch_size),
-                                   config.corruption)
+def explore(config, images_shown=100):
+    """--explore: step through test digits, damaged, restored, original."""
+    check_explorer_can_open()
+    vae = load_trained_model(config.output_dir / "denoising_vae.keras", "denoising_vae.py")
+    # Damage the test digits exactly as the run that trained the model did.
+    run = load_run_config(config.output_dir)
+    (_, _), (clean, _) = load_mnist_images(0, images_shown)
+    damaged = corrupt(clean, run.corruption, run.seed + 1)
+    explorer = RestorationExplorer(damaged, restore(vae, damaged, images_shown), clean,
+                                   run.corruption)
     show_explorer()
     return explorer
 

@@ -287,7 +287,7 @@ def evaluate_per_image(vae, dataset):
 
     Unlike `vae.evaluate`, which averages the batch values on the model's own
     scale, this divides exact sums by the number of images, so the numbers
-    of all three chapters can be compared directly.
+    of all three chapters can be compared directly (at the same beta).
     """
     reconstruction_sum, kl_sum, count = 0.0, 0.0, 0
     for inputs, targets in dataset:
@@ -711,11 +711,14 @@ def check_resumable(config, output_dir):
         return
     saved = json.loads(saved_path.read_text())
     current = json.loads(json.dumps(vars(config), default=str))
+    # A setting the interrupted run's config.json lacks was added to the
+    # script since; it cannot be compared, so it does not count as changed.
     changed = sorted(
-        key for key in current.keys() - RUN_ONLY_SETTINGS if saved.get(key) != current[key]
+        key for key in (current.keys() & saved.keys()) - RUN_ONLY_SETTINGS
+        if saved[key] != current[key]
     )
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)} -> {current[k]}" for k in changed)
+        details = ", ".join(f"{k}: {saved[k]} -> {current[k]}" for k in changed)
         print(f"error: --resume with settings that differ from the interrupted run "
               f"({details}). Use the same values, or start afresh without --resume.",
               file=sys.stderr)
@@ -730,11 +733,18 @@ def start_run(config):
     save_json(vars(config), config.output_dir / "config.json")
 
 
-def load_trained_model(path, train_command):
+def load_trained_model(path, script):
     """The model a finished run saved, or a RunError naming how to train one."""
-    if not Path(path).exists():
-        raise RunError(f"no trained model at {path}. Train one first: {train_command}")
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"no trained model at {path}. Train one first: "
+                       f"python {script} --output-dir {path.parent}")
     return keras.models.load_model(path)
+
+
+def load_run_config(output_dir):
+    """The config.json of the run that wrote `output_dir`, as a Namespace."""
+    return argparse.Namespace(**json.loads((Path(output_dir) / "config.json").read_text()))
 
 
 def write_metrics(vae, test_data, train_seconds, loss_scale, config, extra=None):

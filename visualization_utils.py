@@ -1,8 +1,10 @@
 """Figures shared by the three VAE chapters.
 
-Every helper builds a `matplotlib.figure.Figure` directly, without pyplot, so
-it works on a machine with no display, and saves it as a PNG (written to a
-temporary name first, so an interrupted run never leaves half a picture).
+Every figure helper builds a `matplotlib.figure.Figure` directly, without
+pyplot, so it works on a machine with no display, and saves it as a PNG
+(written to a temporary name first, so an interrupted run never leaves half a
+picture). Only the interactive explorers at the end use pyplot, to open a
+window.
 Helpers that decode take a `decode(z, digits)` function from the chapter: how
 the label reaches the decoder is what a chapter teaches, so it stays there.
 Each grid is decoded in one batched call.
@@ -18,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
 
-from training_loops import atomic_path, read_history
+from training_loops import RunError, atomic_path, read_history
 
 NUM_DIGITS = 10
 DIGIT_COLORS = "tab10"  # ten distinct colours, one per digit
@@ -129,14 +131,15 @@ def plot_image_rows(rows, path, title):
     return save_figure(figure, path)
 
 
-def plot_training_curves(history_csv, path, loss_scale):
-    """Total, reconstruction and KL loss per epoch, training and test."""
+def plot_training_curves(history_csv, path, loss_scale, beta):
+    """Total (reconstruction + beta * KL), reconstruction and KL loss per
+    epoch, training and test."""
     history = read_history(history_csv)
     epochs = history["epoch"] + 1
     figure = Figure(figsize=(13, 3.8), layout="constrained")
     panels = figure.subplots(1, 3)
     for axes, key, name in zip(panels, ["loss", "reconstruction_loss", "kl_loss"],
-                               ["total loss", "reconstruction (BCE)", "KL divergence"]):
+                               [f"total loss (beta = {beta:g})", "reconstruction (BCE)", "KL divergence"]):
         axes.plot(epochs, history[key], marker="o", label="training")
         if np.isfinite(history.get(f"val_{key}", [np.nan])).any():
             axes.plot(epochs, history[f"val_{key}"], marker="s", label="test")
@@ -151,7 +154,7 @@ def plot_training_curves(history_csv, path, loss_scale):
 
 
 def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, output_dir,
-                                 loss_scale, seed, examples_shown):
+                                 loss_scale, beta, seed, examples_shown):
     """Every figure of a conditional VAE chapter.
 
     `decode(z, digits)` is the chapter's decoder call; `z_mean` the posterior
@@ -177,7 +180,7 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
         "Test digits and their reconstructions (decoded posterior mean)",
     )
     plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
-                         loss_scale)
+                         loss_scale, beta)
 
 
 def cosine_similarity(vectors):
@@ -310,11 +313,28 @@ def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
 # is how the tests check them without a display.
 
 
+class ExplorerUnavailable(RunError):
+    """No window can be opened on this machine."""
+
+
+def check_explorer_can_open():
+    """Raises ExplorerUnavailable, with what to do, where no window can open."""
+    if pyplot.get_backend().lower() == "agg":
+        raise ExplorerUnavailable(
+            "Matplotlib has no interactive backend here (no display?). Run on a "
+            "desktop, or set MPLBACKEND to an interactive backend such as TkAgg."
+        )
+
+
 class LatentExplorer:
     """Sliders for the two latent coordinates and buttons for the digit; the
     decoded image follows them. `decode(z, digits)` as for the figures."""
 
-    def __init__(self, decode, z_range=3.0):
+    def __init__(self, decode, latent_dim, z_range=3.0):
+        if latent_dim != 2:
+            raise ExplorerUnavailable(
+                f"the latent explorer needs a 2-d z, and this model's is {latent_dim}-d: "
+                "train one with --latent-dim 2")
         self.decode = decode
         self.figure = pyplot.figure(figsize=(6.5, 5.5))
         self.figure.suptitle("Latent explorer: move z, pick a digit")
@@ -348,12 +368,12 @@ class LatentExplorer:
 
 
 class RestorationExplorer:
-    """A slider through the test images, showing each damaged digit, its
-    restoration and the original. `restore(damaged_images)` gives the
-    restorations."""
+    """A slider through test images, showing each damaged digit, its
+    restoration and the original. The restorations are computed beforehand,
+    so the slider moves without waiting for the model."""
 
-    def __init__(self, damaged, clean, restore, corruption):
-        self.damaged, self.clean, self.restore = damaged, clean, restore
+    def __init__(self, damaged, restored, clean, corruption):
+        self.rows = [damaged, restored, clean]
         self.figure = pyplot.figure(figsize=(8, 4))
         self.figure.suptitle("Restoration explorer: step through the test digits")
         self.panels = self.figure.subplots(1, 3)
@@ -371,23 +391,12 @@ class RestorationExplorer:
 
     def redraw(self, _=None):
         index = int(self.index_slider.val)
-        shown = slice(index, index + 1)
-        restored = np.asarray(self.restore(self.damaged[shown]))
-        for picture, images in zip(self.pictures, [self.damaged[shown], restored,
-                                                   self.clean[shown]]):
-            picture.set_data(images[0, ..., 0])
+        for picture, images in zip(self.pictures, self.rows):
+            picture.set_data(images[index, ..., 0])
         self.figure.canvas.draw_idle()
 
 
 def show_explorer():
-    """Opens the explorer's window, or says why there is none."""
-    if pyplot.get_backend().lower() == "agg":
-        raise ExplorerUnavailable(
-            "Matplotlib has no interactive backend here (no display?). Run on a "
-            "desktop, or set MPLBACKEND to an interactive backend such as TkAgg."
-        )
+    """Opens the explorer's window and waits until it is closed."""
+    check_explorer_can_open()
     pyplot.show()
-
-
-class ExplorerUnavailable(RuntimeError):
-    """No window can be opened on this machine."""

@@ -181,6 +181,15 @@ def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys):
     assert "latent_dim: 2 -> 3" in capsys.readouterr().err
 
 
+def test_resume_accepts_a_run_from_before_a_setting_was_added(tmp_path, small_mnist):
+    run_script(tmp_path, "--epochs", "1")
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["beta"]  # as written before BETA existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    run_script(tmp_path, "--epochs", "2", "--resume")
+    assert history_epochs(tmp_path) == ["0", "1"]
+
+
 def test_a_loss_that_turns_nan_stops_training_with_a_clear_message(tmp_path):
     images = np.full((64, 28, 28, 1), np.nan, "float32")
     labels = cvae_onehot.one_hot(np.zeros(64, int))

@@ -1,5 +1,7 @@
 """The interactive explorers (--explore) and the latent-traversal GIF."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -17,15 +19,18 @@ def onehot_decoder(vae):
     return lambda z, digits: keras.ops.convert_to_numpy(vae.decode(z, cvae_onehot.one_hot(digits)))
 
 
-def test_latent_explorer_shows_what_the_decoder_gives_for_the_widgets():
+def test_latent_explorer_shows_what_the_decoder_gives_for_the_widgets(monkeypatch):
     decode = onehot_decoder(cvae_onehot.build_vae(2, seed=0, beta=1.0))
-    explorer = LatentExplorer(decode)
+    explorer = LatentExplorer(decode, latent_dim=2)
+    redraws = []
+    monkeypatch.setattr(explorer.figure.canvas, "draw_idle", lambda: redraws.append(1))
     explorer.z0_slider.set_val(1.25)
     explorer.z1_slider.set_val(-0.5)
     explorer.digit_buttons.set_active(7)
     expected = decode(np.array([[1.25, -0.5]], "float32"), np.array([7]))[0, ..., 0]
     np.testing.assert_allclose(explorer.picture.get_array(), expected, rtol=1e-6)
     assert "digit 7" in explorer.image_axes.get_title()
+    assert len(redraws) >= 3  # the window is asked to repaint after each change
     # Another digit at the same z draws another image.
     explorer.digit_buttons.set_active(1)
     assert not np.allclose(explorer.picture.get_array(), expected)
@@ -33,43 +38,91 @@ def test_latent_explorer_shows_what_the_decoder_gives_for_the_widgets():
 
 def test_restoration_explorer_steps_through_the_test_images():
     rng = np.random.default_rng(0)
-    clean = rng.uniform(size=(5, 28, 28, 1)).astype("float32")
+    clean, restored = rng.uniform(size=(2, 5, 28, 28, 1)).astype("float32")
     damaged = denoising_vae.blur(clean)
-    vae = denoising_vae.build_vae(16, seed=0, beta=1.0)
-    explorer = RestorationExplorer(damaged, clean,
-                                   lambda images: denoising_vae.restore(vae, images, 8), "blur")
+    explorer = RestorationExplorer(damaged, restored, clean, "blur")
     explorer.index_slider.set_val(3)
     shown = [picture.get_array() for picture in explorer.pictures]
-    np.testing.assert_array_equal(shown[0], damaged[3, ..., 0])
-    np.testing.assert_allclose(shown[1], denoising_vae.restore(vae, damaged[3:4], 8)[0, ..., 0],
-                               rtol=1e-6)
-    np.testing.assert_array_equal(shown[2], clean[3, ..., 0])
+    for picture, images in zip(shown, [damaged, restored, clean]):
+        np.testing.assert_array_equal(picture, images[3, ..., 0])
 
 
-def test_without_a_display_the_explorer_says_so():
-    with pytest.raises(visualization_utils.ExplorerUnavailable, match="no interactive backend"):
-        visualization_utils.show_explorer()
+def save_untrained(module, tmp_path, **config):
+    """Saves an untrained model and a config.json, as a finished run would."""
+    vae = (module.build_vae(16, seed=0, beta=1.0) if module is denoising_vae
+           else module.build_vae(*config.pop("build"), seed=0, beta=1.0))
+    vae.compile(optimizer="adam")
+    vae.save(tmp_path / f"{module.__name__}.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 42, **config}))
+    return vae
 
 
-def test_explore_without_a_trained_model_names_the_command(tmp_path, capsys):
+def test_without_a_display_explore_says_so_in_one_message(tmp_path, capsys):
+    save_untrained(cvae_onehot, tmp_path, build=(2,))
+    with pytest.raises(SystemExit) as exit_info:
+        training_loops.run_main(lambda: cvae_onehot.main(["--explore", "--output-dir",
+                                                          str(tmp_path)]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "no interactive backend" in error and "Traceback" not in error
+
+
+def test_the_latent_explorer_needs_a_2d_latent_space():
+    with pytest.raises(visualization_utils.ExplorerUnavailable, match="needs a 2-d z"):
+        LatentExplorer(lambda z, digits: None, latent_dim=3)
+
+
+def test_explore_without_a_trained_model_names_the_command(tmp_path, capsys, monkeypatch):
+    pretend_there_is_a_display(monkeypatch, cvae_embedding)
     with pytest.raises(SystemExit) as exit_info:
         training_loops.run_main(lambda: cvae_embedding.main(
             ["--explore", "--output-dir", str(tmp_path)]))
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
-    assert "no trained model" in error and "python cvae_embedding.py" in error
+    assert "no trained model" in error
+    assert f"python cvae_embedding.py --output-dir {tmp_path}" in error
     assert not (tmp_path / "config.json").exists()  # exploring writes nothing
 
 
+def pretend_there_is_a_display(monkeypatch, module):
+    monkeypatch.setattr(module, "check_explorer_can_open", lambda: None)
+    monkeypatch.setattr(module, "show_explorer", lambda: None)
+
+
 def test_explore_opens_the_saved_model(tmp_path, monkeypatch):
-    vae = cvae_onehot.build_vae(2, seed=0, beta=1.0)
-    vae.compile(optimizer="adam")
-    vae.save(tmp_path / "cvae_onehot.keras")
-    monkeypatch.setattr(cvae_onehot, "show_explorer", lambda: None)
+    vae = save_untrained(cvae_onehot, tmp_path, build=(2,))
+    pretend_there_is_a_display(monkeypatch, cvae_onehot)
     explorer = cvae_onehot.main(["--explore", "--output-dir", str(tmp_path)])
     explorer.z0_slider.set_val(-2.0)
     expected = onehot_decoder(vae)(np.array([[-2.0, 0.0]], "float32"), np.array([0]))
     np.testing.assert_allclose(explorer.picture.get_array(), expected[0, ..., 0], rtol=1e-6)
+
+
+def test_explore_feeds_the_embedding_model_class_indices(tmp_path, monkeypatch):
+    vae = save_untrained(cvae_embedding, tmp_path, build=(2, 8))
+    pretend_there_is_a_display(monkeypatch, cvae_embedding)
+    explorer = cvae_embedding.main(["--explore", "--output-dir", str(tmp_path)])
+    explorer.digit_buttons.set_active(5)
+    z = np.zeros((1, 2), "float32")
+    expected = keras.ops.convert_to_numpy(vae.decode(z, cvae_embedding.class_index([5])))
+    np.testing.assert_allclose(explorer.picture.get_array(), expected[0, ..., 0], rtol=1e-6)
+
+
+def test_the_denoising_explorer_damages_as_the_training_run_did(tmp_path, monkeypatch,
+                                                                mnist_slice_npz):
+    monkeypatch.setenv("MNIST_PATH", str(mnist_slice_npz))
+    vae = save_untrained(denoising_vae, tmp_path, corruption="occlusion")
+    pretend_there_is_a_display(monkeypatch, denoising_vae)
+    # The flags say blur, but the model was trained on occlusion: the run wins.
+    explorer = denoising_vae.main(["--explore", "--corruption", "blur",
+                                   "--output-dir", str(tmp_path)])
+    (_, _), (clean, _) = training_loops.load_mnist_images(0, 100)
+    damaged = denoising_vae.corrupt(clean, "occlusion", 42 + 1)
+    explorer.index_slider.set_val(4)
+    np.testing.assert_array_equal(explorer.pictures[0].get_array(), damaged[4, ..., 0])
+    np.testing.assert_allclose(explorer.pictures[1].get_array(),
+                               denoising_vae.restore(vae, damaged, 100)[4, ..., 0], rtol=1e-5)
+    assert explorer.panels[0].get_title() == "occlusion"
 
 
 def test_the_traversal_gif_loops_through_the_latent_plane(tmp_path):
@@ -83,6 +136,11 @@ def test_the_traversal_gif_loops_through_the_latent_plane(tmp_path):
     assert len(calls) == 1  # every frame decoded in one batched call
     z, digits = calls[0]
     assert z.shape == (120, 2) and list(digits[:10]) == list(range(10))
-    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.2, rtol=1e-6)  # a closed loop
+    points = z[::10]  # one z per frame
+    np.testing.assert_allclose(np.linalg.norm(points, axis=1), 1.2, rtol=1e-6)
+    # A closed loop: equal steps from frame to frame, the last back to the first.
+    steps = np.linalg.norm(np.roll(points, -1, axis=0) - points, axis=1)
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-5)
+    assert steps[0] < 1.0
     with Image.open(path) as gif:
         assert gif.n_frames == 12
