@@ -1,0 +1,42 @@
+"""The benchmark keeps working; its FLOP count matches a hand count."""
+
+import json
+import sys
+from pathlib import Path
+
+import cvae_onehot
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import benchmark  # noqa: E402
+
+
+def test_flops_of_the_one_hot_model_match_a_count_by_hand():
+    vae = cvae_onehot.build_vae(2, seed=0, beta=1.0)
+    # Per image, forward, 2 FLOPs per multiply-add:
+    encoder = (2 * 14 * 14 * 9 * 1 * 32      # Conv2D 32, output 14x14
+               + 2 * 7 * 7 * 9 * 32 * 64     # Conv2D 64, output 7x7
+               + 2 * 3146 * 128              # Dense 128 after the concatenation
+               + 2 * 2 * 128 * 2)            # z_mean and z_log_var
+    decoder = (2 * 12 * 3136                 # Dense 3136
+               + 2 * 7 * 7 * 9 * 64 * 64     # Conv2DTranspose 64, input 7x7
+               + 2 * 14 * 14 * 9 * 64 * 32   # Conv2DTranspose 32, input 14x14
+               + 2 * 28 * 28 * 9 * 32 * 1)   # Conv2DTranspose 1, input 28x28
+    assert benchmark.flops_per_image(vae.encoder) == encoder
+    assert benchmark.flops_per_image(vae.decoder) == decoder
+    # Forward and backward for 128 images: the 5.4 GFLOP per step of issue 6.
+    assert benchmark.flops_per_step(vae, 128) == 3 * (encoder + decoder) * 128
+    assert round(benchmark.flops_per_step(vae, 128) / 1e9, 1) == 5.4
+
+
+def test_quick_benchmark_measures_all_three_models(tmp_path, small_mnist):
+    output = tmp_path / "bench.json"
+    benchmark.main(["--quick", "--output", str(output)])
+    results = json.loads(output.read_text())
+    assert set(results["models"]) == {"cvae_onehot", "cvae_embedding", "denoising_vae"}
+    assert results["matmul_gflops_per_second"] > 0
+    for row in results["models"].values():
+        for key in ("project_ms_per_step", "bare_ms_per_step"):
+            assert 0 < row[key]["min"] <= row[key]["median"] <= row[key]["max"]
+        assert row["limit_ms_per_step"] > 0
+        ratio = row["project_ms_per_step"]["median"] / row["bare_ms_per_step"]["median"]
+        assert abs(row["project_over_bare"]["median"] - ratio) < 1e-9
