@@ -171,14 +171,15 @@ def train_vae(config, train_data, test_data):
 # ## Evaluate and draw
 
 
-def save_figures(vae, test_images, test_digits, config):
-    # The decoder is told the digit the way this chapter does it: by index,
-    # looked up in the learned table.
-    def decode(z, digits):
-        return keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
+def digit_decoder(vae):
+    """decode(z, digits) for the figures and the explorer: the decoder is told
+    the digit the way this chapter does it, by index, looked up in the learned table."""
+    return lambda z, digits: keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
 
+
+def save_figures(vae, test_images, test_digits, config):
     z_mean, _ = vae.encode(test_images, class_index(test_digits))
-    plot_conditional_vae_figures(decode, keras.ops.convert_to_numpy(z_mean), test_images,
+    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean), test_images,
                                  test_digits, config.output_dir, LOSS_SCALE, config.beta,
                                  seed=config.seed, examples_shown=config.examples_shown)
     # The table itself: row d is the vector the model learned for digit d.
@@ -194,11 +195,7 @@ def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
     check_explorer_can_open()
     vae = load_trained_model(config.output_dir / "cvae_embedding.keras", "cvae_embedding.py")
-
-    def decode(z, digits):
-        return keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
-
-    explorer = LatentExplorer(decode, latent_dim=vae.decoder.inputs[0].shape[-1])
+    explorer = LatentExplorer(digit_decoder(vae), latent_dim=vae.decoder.inputs[0].shape[-1])
     show_explorer()
     return explorer
 

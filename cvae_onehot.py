@@ -147,13 +147,15 @@ def train_vae(config, train_data, test_data):
 # ## Evaluate and draw
 
 
-def save_figures(vae, test_images, test_digits, config):
-    # The decoder is told the digit the way this chapter does it: one-hot.
-    def decode(z, digits):
-        return keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
+def digit_decoder(vae):
+    """decode(z, digits) for the figures and the explorer: the decoder is told
+    the digit the way this chapter does it, one-hot."""
+    return lambda z, digits: keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
 
+
+def save_figures(vae, test_images, test_digits, config):
     z_mean, _ = vae.encode(test_images, one_hot(test_digits))
-    plot_conditional_vae_figures(decode, keras.ops.convert_to_numpy(z_mean), test_images,
+    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean), test_images,
                                  test_digits, config.output_dir, LOSS_SCALE, config.beta,
                                  seed=config.seed, examples_shown=config.examples_shown)
 
@@ -165,11 +167,7 @@ def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
     check_explorer_can_open()
     vae = load_trained_model(config.output_dir / "cvae_onehot.keras", "cvae_onehot.py")
-
-    def decode(z, digits):
-        return keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
-
-    explorer = LatentExplorer(decode, latent_dim=vae.decoder.inputs[0].shape[-1])
+    explorer = LatentExplorer(digit_decoder(vae), latent_dim=vae.decoder.inputs[0].shape[-1])
     show_explorer()
     return explorer
 
