@@ -60,6 +60,7 @@ EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # Adam's step size (Keras' default)
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
+MIXED_PRECISION = False  # compute in bfloat16: faster on CPUs with AVX512_BF16 and on GPUs (see README)
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
 # Output

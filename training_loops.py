@@ -70,7 +70,8 @@ class Sampling(keras.layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
-        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        epsilon = keras.random.normal(ops.shape(z_mean), dtype=self.compute_dtype,
+                                      seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def get_config(self):
@@ -198,15 +199,18 @@ class VAE(keras.Model):
         """(z_mean, z_log_var) of the posterior q(z | images[, labels])."""
         images = ops.convert_to_tensor(images)
         if self.conditional:
-            return self.encoder([images, self._condition(labels)], training=training)
-        return self.encoder(images, training=training)
+            z_mean, z_log_var = self.encoder([images, self._condition(labels)],
+                                             training=training)
+        else:
+            z_mean, z_log_var = self.encoder(images, training=training)
+        return _float32(z_mean), _float32(z_log_var)
 
     def decode(self, z, labels=None, training=False):
         """Decodes z into images; a conditional model also needs the labels."""
         z = ops.convert_to_tensor(z)
         if self.conditional:
-            return self.decoder([z, self._condition(labels)], training=training)
-        return self.decoder(z, training=training)
+            return _float32(self.decoder([z, self._condition(labels)], training=training))
+        return _float32(self.decoder(z, training=training))
 
     def _condition(self, labels):
         labels = ops.convert_to_tensor(labels)
@@ -279,6 +283,13 @@ class VAE(keras.Model):
         for part in ("encoder", "decoder", "label_embedding"):
             config[part] = keras.saving.deserialize_keras_object(config.get(part))
         return cls(**config)
+
+
+def _float32(tensor):
+    """Under mixed precision the layers compute in bfloat16; what leaves the
+    encoder and decoder is turned back into float32, so the losses (sums over
+    784 pixels) and every figure are computed in full precision."""
+    return ops.cast(tensor, "float32")
 
 
 def evaluate_per_image(vae, dataset):
@@ -733,11 +744,20 @@ def check_resumable(config, output_dir):
         sys.exit(2)
 
 
+def set_precision(mixed):
+    """float32 everywhere (the seed's setting), or bfloat16 mixed precision:
+    layers compute in bfloat16 while weights, optimizer state and losses stay
+    float32. bfloat16 keeps float32's range, so unlike float16 it needs no
+    loss scaling. Applies to the models built after this call."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
+
+
 def start_run(config):
     """The first steps of every chapter's training run: a check that a
     --resume continues the same run, seeding, and config.json."""
     check_resumable(config, config.output_dir)
     make_reproducible(config.seed)
+    set_precision(config.mixed_precision)
     save_json(vars(config), config.output_dir / "config.json")
 
 
