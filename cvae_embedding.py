@@ -28,7 +28,8 @@ from training_loops import (
     IMAGE_SHAPE,
     NUM_CLASSES,
     VAE,
-    discard_backup,
+    Stopwatch,
+    finish_run,
     load_mnist_images,
     load_trained_model,
     make_dataset,
@@ -208,6 +209,7 @@ def main(argv=None):
     config = parse_hyperparameters(globals(), argv)
     if config.explore:
         return explore(config)
+    stopwatch = Stopwatch()
     start_run(config)
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
         config.train_samples, config.test_samples)
@@ -217,13 +219,15 @@ def main(argv=None):
                               seed=config.seed)
     test_data = make_dataset((test_images, class_index(test_digits)), test_images,
                              config.batch_size)
+    stopwatch.lap("data")
 
     vae, train_seconds = train_vae(config, train_data, test_data)
+    stopwatch.lap("training")
     write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config)
+    stopwatch.lap("evaluation")
     save_figures(vae, test_images, test_digits, config)
-    # Every output is written: the backup that allowed --resume can go.
-    discard_backup(config.output_dir)
-    print(f"Wrote the model, metrics, history and figures to {config.output_dir}")
+    stopwatch.lap("figures")
+    finish_run(config, stopwatch)
     return vae
 
 

@@ -33,7 +33,8 @@ from keras import layers
 from training_loops import (
     IMAGE_SHAPE,
     VAE,
-    discard_backup,
+    Stopwatch,
+    finish_run,
     load_mnist_images,
     load_run_config,
     load_trained_model,
@@ -279,6 +280,7 @@ def main(argv=None):
     config = parse_hyperparameters(globals(), argv, choices={"CORRUPTION": CORRUPTIONS})
     if config.explore:
         return explore(config)
+    stopwatch = Stopwatch()
     start_run(config)
     (train_images, _), (test_images, _) = load_mnist_images(
         config.train_samples, config.test_samples)
@@ -289,8 +291,10 @@ def main(argv=None):
     train_data = make_dataset(train_damaged, train_images, config.batch_size,
                               shuffle_buffer=config.shuffle_buffer, seed=config.seed)
     test_data = make_dataset(test_damaged, test_images, config.batch_size)
+    stopwatch.lap("data")
 
     vae, train_seconds = train_vae(config, train_data, test_data)
+    stopwatch.lap("training")
     restored = restore(vae, test_damaged, config.batch_size)
     damaged_quality = image_quality(test_damaged, test_images)
     restored_quality = image_quality(restored, test_images)
@@ -300,11 +304,11 @@ def main(argv=None):
     psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
     print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
           f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on the test images")
+    stopwatch.lap("evaluation")
     save_figures(test_damaged, restored, test_images, damaged_quality["psnr"],
                  restored_quality["psnr"], config)
-    # Every output is written: the backup that allowed --resume can go.
-    discard_backup(config.output_dir)
-    print(f"Wrote the model, metrics, history and figures to {config.output_dir}")
+    stopwatch.lap("figures")
+    finish_run(config, stopwatch)
     return vae
 
 

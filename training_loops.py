@@ -900,11 +900,39 @@ def discard_backup(output_dir):
     shutil.rmtree(Path(output_dir) / "backup", ignore_errors=True)
 
 
+class Stopwatch:
+    """Wall-clock seconds per phase of a run: `lap("training")` ends the
+    phase that began at the previous lap (or when the stopwatch was made)."""
+
+    def __init__(self):
+        self.seconds = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase):
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+
+def finish_run(config, stopwatch):
+    """The last step of every chapter's run: says where the time went (and
+    writes it to timings.json), then drops the backup that allowed --resume,
+    since every output is written."""
+    total = sum(stopwatch.seconds.values())
+    save_json({**{phase: round(seconds, 2) for phase, seconds in stopwatch.seconds.items()},
+               "total": round(total, 2)}, config.output_dir / "timings.json")
+    discard_backup(config.output_dir)
+    phases = ", ".join(f"{phase} {seconds:.1f} s"
+                       for phase, seconds in stopwatch.seconds.items())
+    print(f"Took {total:.0f} s ({phases}). "
+          f"Wrote the model, metrics, history and figures to {config.output_dir}")
+
+
 def _remove_earlier_results(output_dir, model_name):
     """A fresh run first removes what an earlier run in the same folder
     measured, so no old model or metrics sit beside the new config."""
     discard_backup(output_dir)
-    for stale in ["history.csv", "metrics.json", f"{model_name}.keras"]:
+    for stale in ["history.csv", "metrics.json", "timings.json", f"{model_name}.keras"]:
         (output_dir / stale).unlink(missing_ok=True)
 
 

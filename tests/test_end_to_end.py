@@ -68,6 +68,11 @@ def test_history_metrics_and_config_are_written(finished_run):
     assert metrics["final_train_loss"] == pytest.approx(history["loss"][-1])
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 1 and config["train_samples"] == 1024
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert list(timings) == ["data", "training", "evaluation", "figures", "total"]
+    assert all(seconds > 0 for seconds in timings.values())
+    assert timings["total"] == pytest.approx(sum(list(timings.values())[:-1]), abs=0.05)
+    assert timings["training"] >= metrics["train_seconds"] - 0.1
     assert not list(run_dir.glob(".*partial*"))  # no half-written files
     assert not (run_dir / "backup").exists()  # a finished run keeps no backup
 
