@@ -34,6 +34,7 @@ from training_loops import (
     load_trained_model,
     make_dataset,
     parse_hyperparameters,
+    precision,
     run_main,
     save_model,
     start_run,
@@ -61,7 +62,7 @@ EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # Adam's step size (Keras' default)
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
-MIXED_PRECISION = False  # compute in bfloat16: faster on CPUs with AVX512_BF16 and on GPUs (see README)
+MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
 # Output
@@ -89,8 +90,10 @@ def build_encoder(latent_dim):
     x = layers.Flatten()(x)  # 7 * 7 * 64 = 3136 image features
     x = layers.Concatenate()([x, labels])  # + 10 label entries = 3146
     x = layers.Dense(128, activation="relu")(x)
-    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
-    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    # Output layers are float32 even under --mixed-precision, so the loss is
+    # computed from full-precision values (Keras' mixed-precision advice).
+    z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(x)
     return keras.Model([images, labels], [z_mean, z_log_var], name="encoder")
 
 
@@ -108,7 +111,9 @@ def build_decoder(latent_dim):
     x = layers.Reshape((7, 7, 64))(x)
     x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid")(x)
+    # float32 output, as in the encoder: the loss reads the sigmoid's input.
+    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid",
+                                    dtype="float32")(x)
     return keras.Model([z, labels], images, name="decoder")
 
 
@@ -138,7 +143,8 @@ def build_vae(latent_dim, seed, beta):
 
 def train_vae(config, train_data, test_data):
     """Builds, trains (resumably: see `train`) and saves the model."""
-    vae = build_vae(config.latent_dim, config.seed, config.beta)
+    with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+        vae = build_vae(config.latent_dim, config.seed, config.beta)
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
                           resume=config.resume)

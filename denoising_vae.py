@@ -40,6 +40,7 @@ from training_loops import (
     load_trained_model,
     make_dataset,
     parse_hyperparameters,
+    precision,
     run_main,
     save_model,
     start_run,
@@ -71,7 +72,7 @@ BATCH_SIZE = 128  # images per gradient step
 SHUFFLE_BUFFER = 1024  # the seed's shuffle buffer (60,000 would shuffle fully)
 LEARNING_RATE = 1e-3  # Adam's step size (Keras' default)
 SEED = 42  # seeds weights, shuffling, sampling and noise: same seed, same run
-MIXED_PRECISION = False  # compute in bfloat16: faster on CPUs with AVX512_BF16 and on GPUs (see README)
+MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in restorations.png
 # Output
@@ -147,8 +148,10 @@ def build_encoder(latent_dim):
     x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Flatten()(x)  # 7 * 7 * 64 = 3136 features
     x = layers.Dense(128, activation="relu")(x)
-    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
-    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    # Output layers are float32 even under --mixed-precision, so the loss is
+    # computed from full-precision values (Keras' mixed-precision advice).
+    z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(x)
     return keras.Model(images, [z_mean, z_log_var], name="encoder")
 
 
@@ -163,7 +166,9 @@ def build_decoder(latent_dim):
     x = layers.Reshape((7, 7, 64))(x)
     x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid")(x)
+    # float32 output, as in the encoder: the loss reads the sigmoid's input.
+    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid",
+                                    dtype="float32")(x)
     return keras.Model(z, images, name="decoder")
 
 
@@ -199,7 +204,8 @@ def build_vae(latent_dim, seed, beta):
 
 def train_vae(config, train_data, test_data):
     """Builds, trains (resumably: see `train`) and saves the model."""
-    vae = build_vae(config.latent_dim, config.seed, config.beta)
+    with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+        vae = build_vae(config.latent_dim, config.seed, config.beta)
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
                           resume=config.resume)
@@ -214,8 +220,7 @@ def restore(vae, damaged, batch_size):
     """Decodes the posterior mean z_mean: the model's single best guess of
     the clean digit, without the noise that sampling z would add."""
     z_mean, _ = vae.encoder.predict(damaged, batch_size=batch_size, verbose=0)
-    restored = vae.decoder.predict(z_mean, batch_size=batch_size, verbose=0)
-    return restored.astype("float32")  # bfloat16 under --mixed-precision
+    return vae.decoder.predict(z_mean, batch_size=batch_size, verbose=0)
 
 
 def image_quality(images, clean):

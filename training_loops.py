@@ -70,6 +70,8 @@ class Sampling(keras.layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
+        # Keras casts a layer's inputs to its compute dtype (bfloat16 under
+        # mixed precision), and the noise must match them.
         epsilon = keras.random.normal(ops.shape(z_mean), dtype=self.compute_dtype,
                                       seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
@@ -199,18 +201,15 @@ class VAE(keras.Model):
         """(z_mean, z_log_var) of the posterior q(z | images[, labels])."""
         images = ops.convert_to_tensor(images)
         if self.conditional:
-            z_mean, z_log_var = self.encoder([images, self._condition(labels)],
-                                             training=training)
-        else:
-            z_mean, z_log_var = self.encoder(images, training=training)
-        return _float32(z_mean), _float32(z_log_var)
+            return self.encoder([images, self._condition(labels)], training=training)
+        return self.encoder(images, training=training)
 
     def decode(self, z, labels=None, training=False):
         """Decodes z into images; a conditional model also needs the labels."""
         z = ops.convert_to_tensor(z)
         if self.conditional:
-            return _float32(self.decoder([z, self._condition(labels)], training=training))
-        return _float32(self.decoder(z, training=training))
+            return self.decoder([z, self._condition(labels)], training=training)
+        return self.decoder(z, training=training)
 
     def _condition(self, labels):
         labels = ops.convert_to_tensor(labels)
@@ -283,13 +282,6 @@ class VAE(keras.Model):
         for part in ("encoder", "decoder", "label_embedding"):
             config[part] = keras.saving.deserialize_keras_object(config.get(part))
         return cls(**config)
-
-
-def _float32(tensor):
-    """Under mixed precision the layers compute in bfloat16; what leaves the
-    encoder and decoder is turned back into float32, so the losses (sums over
-    784 pixels) and every figure are computed in full precision."""
-    return ops.cast(tensor, "float32")
 
 
 def evaluate_per_image(vae, dataset):
@@ -744,20 +736,11 @@ def check_resumable(config, output_dir):
         sys.exit(2)
 
 
-def set_precision(mixed):
-    """float32 everywhere (the seed's setting), or bfloat16 mixed precision:
-    layers compute in bfloat16 while weights, optimizer state and losses stay
-    float32. bfloat16 keeps float32's range, so unlike float16 it needs no
-    loss scaling. Applies to the models built after this call."""
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
-
-
 def start_run(config):
     """The first steps of every chapter's training run: a check that a
     --resume continues the same run, seeding, and config.json."""
     check_resumable(config, config.output_dir)
     make_reproducible(config.seed)
-    set_precision(config.mixed_precision)
     save_json(vars(config), config.output_dir / "config.json")
 
 
@@ -832,6 +815,21 @@ def read_history(history_csv):
 # ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def precision(mixed):
+    """Layers made inside `with precision(mixed):` compute in float32 (the
+    seed's setting) or, if `mixed`, in bfloat16 while their weights, the
+    optimizer state and the losses stay float32 ("mixed_bfloat16"). bfloat16
+    keeps float32's range, so unlike float16 it needs no loss scaling. A
+    layer keeps its precision for good, also when saved and reloaded."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def make_reproducible(seed):
     """Same seed, same run: seeds Python, NumPy and TensorFlow (initial
     weights, shuffling, sampling noise) and asks TensorFlow for deterministic
@@ -846,7 +844,8 @@ class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
 
 
-def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
+def train(vae, train_data, validation_data, epochs, output_dir, resume=False,
+          extra_callbacks=()):
     """Trains with `fit`, logging to history.csv and backing up every epoch.
 
     Keras' callbacks do the work: CSVLogger writes one row per finished
@@ -855,7 +854,8 @@ def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
     with `resume=True`), and TerminateOnNaN stops a run whose loss diverged.
     The backup outlives `fit`, so a run stopped while it evaluates or draws
     still resumes without training again; `discard_backup` removes it once
-    every output is written. Returns the seconds spent in `fit`.
+    every output is written. `extra_callbacks` run after these (the
+    benchmark's timer is one). Returns the seconds spent in `fit`.
     """
     output_dir = Path(output_dir)
     history_path = output_dir / "history.csv"
@@ -874,6 +874,7 @@ def train(vae, train_data, validation_data, epochs, output_dir, resume=False):
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
                                          delete_checkpoint=False),
+        *extra_callbacks,
     ]
     start = time.perf_counter()
     history = vae.fit(

@@ -1,31 +1,49 @@
 """How fast do the three models train on this machine, and how far from the limit?
 
-For each model this measures, in one run and after a warm-up:
+For each model, in float32 and in bfloat16 mixed precision, this measures in
+one run and after a warm-up:
 
 (a) project  - ms per step through the project's own training path: the
                shared VAE class, the scripts' tf.data pipeline, and `fit` with
-               the callbacks the scripts use (`training_loops.train`);
+               the callbacks and the per-epoch test-set pass the scripts use
+               (`training_loops.train`);
 (b) bare     - ms per step of a bare `tf.function` gradient step on the same
                model and batch size: no pipeline, callbacks or metrics. This
                is the framework's floor;
 (c) limit    - the model's FLOPs per step (counted from its layer shapes,
-               forward and backward) over the float32 matrix-multiply rate
-               measured on this machine in the same run.
+               forward and backward) over the matrix-multiply rate measured on
+               this machine in the same run, in the same precision.
+
+Every step is timed on its own and a repeat reports its median step, so a
+burst of work from elsewhere on a shared machine moves the result little.
+What the project path spends once per epoch (starting the data iterator,
+the callbacks' writing) is added in full, spread over the epoch's steps. The
+test-set pass after each epoch is reported apart, in seconds per epoch: it is
+work the scripts choose to do (10,000 forward passes), not overhead, so it is
+left out of the ratio a/b.
 
 It prints a table (min/median/max over the repeats) and writes it as JSON.
 Compare only numbers from one run: absolute times move from run to run.
 
-    python benchmarks/benchmark.py              # about 6 minutes on 2 cores
-    python benchmarks/benchmark.py --quick      # about 20 seconds, to check it works
+    python benchmarks/benchmark.py              # about 15 minutes on 2 cores
+    python benchmarks/benchmark.py --quick      # about 30 seconds, to check it works
+    python benchmarks/benchmark.py --models cvae_onehot --precisions float32 --jit-compile
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/benchmark.py --models cvae_onehot
+
+TensorFlow reads its thread settings from the environment
+(TF_NUM_INTRAOP_THREADS, TF_NUM_INTEROP_THREADS), so they can be compared the
+same way as oneDNN on and off.
 """
 
 import argparse
+import contextlib
 import json
-import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,30 +55,44 @@ import tensorflow as tf  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
-from training_loops import load_mnist_images, make_dataset, make_reproducible, train  # noqa: E402
+from training_loops import (  # noqa: E402
+    load_mnist_images,
+    make_dataset,
+    make_reproducible,
+    precision,
+    train,
+)
+
+PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype
 
 
-# ## The three models, each with its own way of feeding data
+# ## The three models, each fed the way its script feeds it
 
 
-def onehot_case(images, digits, batch_size):
-    vae = cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0, beta=1.0)
-    return vae, (images, cvae_onehot.one_hot(digits)), images, len(images)
+class Chapter(NamedTuple):
+    build: Callable  # () -> a fresh VAE, as the script builds it
+    feed: Callable  # (images, digits) -> (inputs, targets), as the script pairs them
+    shuffle_buffer: int | None  # None: the whole training set
 
 
-def embedding_case(images, digits, batch_size):
-    vae = cvae_embedding.build_vae(cvae_embedding.LATENT_DIM, cvae_embedding.EMBEDDING_DIM,
-                                   seed=0, beta=1.0)
-    return vae, (images, cvae_embedding.class_index(digits)), images, len(images)
-
-
-def denoising_case(images, digits, batch_size):
-    vae = denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0)
-    return vae, denoising_vae.blur(images), images, denoising_vae.SHUFFLE_BUFFER
-
-
-CASES = {"cvae_onehot": onehot_case, "cvae_embedding": embedding_case,
-         "denoising_vae": denoising_case}
+CHAPTERS = {
+    "cvae_onehot": Chapter(
+        lambda: cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0, beta=1.0),
+        lambda images, digits: ((images, cvae_onehot.one_hot(digits)), images),
+        None,
+    ),
+    "cvae_embedding": Chapter(
+        lambda: cvae_embedding.build_vae(cvae_embedding.LATENT_DIM,
+                                         cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0),
+        lambda images, digits: ((images, cvae_embedding.class_index(digits)), images),
+        None,
+    ),
+    "denoising_vae": Chapter(
+        lambda: denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0),
+        lambda images, digits: (denoising_vae.blur(images), images),
+        denoising_vae.SHUFFLE_BUFFER,
+    ),
+}
 
 
 # ## (c) The compute limit
@@ -91,11 +123,11 @@ def flops_per_step(vae, batch_size):
     return 3 * forward * batch_size
 
 
-def matmul_gflops(size, repeats):
-    """The float32 matrix-multiply rate of this machine, in GFLOP/s (best of
-    `repeats`)."""
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
+def matmul_gflops(size, repeats, dtype="float32"):
+    """The matrix-multiply rate of this machine in `dtype`, in GFLOP/s (best
+    of `repeats`)."""
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    b = tf.cast(tf.random.normal((size, size)), dtype)
     tf.matmul(a, b).numpy()  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -108,72 +140,98 @@ def matmul_gflops(size, repeats):
 # ## (a) The project's own training path
 
 
-class EpochTimer(keras.callbacks.Callback):
+class StepTimer(keras.callbacks.Callback):
+    """Times each training step, the test-set pass and the rest of each epoch."""
+
     def __init__(self):
         super().__init__()
-        self.seconds = []
+        self.epochs = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        self.epoch_start = time.perf_counter()
+        self.step_ends = []
+        self.validation_seconds = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_ends.append(time.perf_counter())
+
+    def on_test_begin(self, logs=None):
+        self.test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation_seconds += time.perf_counter() - self.test_start
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
+        # Runs after the scripts' own callbacks (see `train`), so their
+        # end-of-epoch work is inside the epoch timed here.
+        self.epochs.append(split_epoch(self.epoch_start, self.step_ends,
+                                       self.validation_seconds, time.perf_counter()))
 
 
-def project_ms_per_step(vae, inputs, targets, shuffle_buffer, batch_size, steps, repeats):
-    """Each repeat is one epoch of `steps` steps through `training_loops.train`
-    (the first epoch, which traces the graph, is the warm-up)."""
-    data = make_dataset(inputs, targets, batch_size, shuffle_buffer=shuffle_buffer, seed=0)
-    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
-    timer = EpochTimer()
-    original_fit = vae.fit
+def split_epoch(start, step_ends, validation_seconds, end):
+    """An epoch's time as: the median step (ms), what the epoch spends once
+    beyond its steps (s), the test-set pass (s), and the plain mean (ms)."""
+    steps = len(step_ends)
+    median_ms = 1000 * float(np.median(np.diff(step_ends)))
+    first_step = step_ends[0] - start  # includes starting the data iterator
+    after_last_step = end - step_ends[-1] - validation_seconds  # the callbacks
+    once_per_epoch = first_step - median_ms / 1000 + after_last_step
+    return {
+        "ms_per_step": median_ms + 1000 * once_per_epoch / steps,
+        "once_per_epoch_seconds": once_per_epoch,
+        "validation_seconds": validation_seconds,
+        "mean_ms_per_step": 1000 * (end - start - validation_seconds) / steps,
+    }
 
-    def fit_with_timer(*args, callbacks=(), **kwargs):
-        return original_fit(*args, callbacks=[*callbacks, timer], **kwargs)
 
-    vae.fit = fit_with_timer
-    with tempfile.TemporaryDirectory() as output_dir, _quiet():
-        train(vae, data, None, 1 + repeats, Path(output_dir))
-    return [1000 * seconds / steps for seconds in timer.seconds[1:]]
-
-
-class _quiet:
-    """Hides fit's per-epoch lines, so the benchmark prints only its table."""
-
-    def __enter__(self):
-        self.stdout, sys.stdout = sys.stdout, open("/dev/null", "w")
-
-    def __exit__(self, *exc):
-        sys.stdout.close()
-        sys.stdout = self.stdout
+def project_epochs(chapter, train_set, test_set, batch_size, repeats, jit_compile):
+    """`repeats` epochs through `training_loops.train`, after one warm-up
+    epoch that traces the graph."""
+    vae = chapter.build()
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+    train_inputs, train_targets = chapter.feed(*train_set)
+    shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
+    train_data = make_dataset(train_inputs, train_targets, batch_size,
+                              shuffle_buffer=shuffle_buffer, seed=0)
+    test_data = make_dataset(*chapter.feed(*test_set), batch_size)
+    timer = StepTimer()
+    # fit's per-epoch lines are hidden, so the benchmark prints only its table.
+    with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
+          contextlib.redirect_stdout(devnull)):
+        train(vae, train_data, test_data, 1 + repeats, Path(output_dir),
+              extra_callbacks=[timer])
+    return timer.epochs[1:]
 
 
 # ## (b) The bare framework step
 
 
-def bare_ms_per_step(vae, inputs, targets, batch_size, steps, repeats):
-    """A tf.function gradient step on one fixed batch: the framework floor."""
+def bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile):
+    """Median ms of a tf.function gradient step on one fixed batch, for each
+    of `repeats` runs of `steps` steps: the framework floor."""
+    vae = chapter.build()
+    inputs, targets = chapter.feed(*train_set)
     batch_inputs = tf.nest.map_structure(lambda a: tf.constant(a[:batch_size]), inputs)
     batch_targets = tf.constant(targets[:batch_size])
     optimizer = keras.optimizers.Adam(1e-3)
     weights = vae.trainable_weights
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step():
         with tf.GradientTape() as tape:
             loss = vae.batch_losses(batch_inputs, batch_targets, training=True)["loss"]
         optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
         return loss
 
-    step().numpy()  # warm-up: traces the graph
-    times = []
+    step().numpy()  # warm-up: traces the graph (and compiles it, with XLA)
+    medians = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        step_ends = [time.perf_counter()]
         for _ in range(steps):
-            loss = step()
-        loss.numpy()
-        times.append(1000 * (time.perf_counter() - start) / steps)
-    return times
+            step().numpy()
+            step_ends.append(time.perf_counter())
+        medians.append(1000 * float(np.median(np.diff(step_ends))))
+    return medians
 
 
 # ## The whole benchmark
@@ -184,52 +242,74 @@ def summary(values):
             "max": float(np.max(values))}
 
 
-def run(steps, repeats, batch_size, matmul_size):
+def measure(chapter, train_set, test_set, batch_size, steps, repeats, gflops, jit_compile):
+    """One model in the current precision: the row of the table."""
+    epochs = project_epochs(chapter, train_set, test_set, batch_size, repeats, jit_compile)
+    project = [epoch["ms_per_step"] for epoch in epochs]
+    bare = bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile)
+    flops = flops_per_step(chapter.build(), batch_size)
+    limit_ms = 1000 * flops / (gflops * 1e9)
+    return {
+        "project_ms_per_step": summary(project),
+        "bare_ms_per_step": summary(bare),
+        "limit_ms_per_step": limit_ms,
+        "gflop_per_step": flops / 1e9,
+        "images_per_second_project": batch_size / (np.median(project) / 1000),
+        "project_over_bare": summary(np.array(project) / np.median(bare)),
+        "bare_over_limit": summary(np.array(bare) / limit_ms),
+        "once_per_epoch_seconds": summary([e["once_per_epoch_seconds"] for e in epochs]),
+        "validation_seconds_per_epoch": summary([e["validation_seconds"] for e in epochs]),
+        "mean_ms_per_step": summary([e["mean_ms_per_step"] for e in epochs]),
+    }
+
+
+def run(models, precisions, steps, repeats, batch_size, test_images, matmul_size,
+        jit_compile=False):
     make_reproducible(0)
-    gflops = matmul_gflops(matmul_size, repeats=max(3, repeats))
     # MNIST has 60,000 training images: 469 batches of 128, the last of 96.
-    (images, digits), _ = load_mnist_images(min(steps * batch_size, 60_000), 1)
-    steps = math.ceil(len(images) / batch_size)
+    train_set, test_set = load_mnist_images(min(steps * batch_size, 60_000), test_images)
+    steps = -(-len(train_set[0]) // batch_size)  # steps in one epoch
     results = {"batch_size": batch_size, "steps": steps, "repeats": repeats,
-               "matmul_gflops_per_second": gflops, "models": {}}
-    for name, case in CASES.items():
-        vae, inputs, targets, shuffle_buffer = case(images, digits, batch_size)
-        project = project_ms_per_step(vae, inputs, targets, shuffle_buffer, batch_size,
-                                      steps, repeats)
-        vae, inputs, targets, _ = case(images, digits, batch_size)  # fresh weights
-        bare = bare_ms_per_step(vae, inputs, targets, batch_size, steps, repeats)
-        flops = flops_per_step(vae, batch_size)
-        limit_ms = 1000 * flops / (gflops * 1e9)
-        results["models"][name] = {
-            "project_ms_per_step": summary(project),
-            "bare_ms_per_step": summary(bare),
-            "limit_ms_per_step": limit_ms,
-            "gflop_per_step": flops / 1e9,
-            "images_per_second_project": batch_size / (np.median(project) / 1000),
-            "project_over_bare": summary(np.array(project) / np.median(bare)),
-            "bare_over_limit": summary(np.array(bare) / limit_ms),
-        }
+               "jit_compile": jit_compile, "test_images": len(test_set[0]),
+               "matmul_gflops_per_second": {}, "models": {name: {} for name in models}}
+    for policy in precisions:
+        gflops = matmul_gflops(matmul_size, max(3, repeats), PRECISIONS[policy])
+        results["matmul_gflops_per_second"][policy] = gflops
+        for name in models:
+            # The models built inside compute in this policy's precision.
+            with precision(mixed=policy == "mixed_bfloat16"):
+                results["models"][name][policy] = measure(
+                    CHAPTERS[name], train_set, test_set, batch_size, steps, repeats, gflops,
+                    jit_compile)
     return results
 
 
 def print_table(results):
-    print(f"matrix multiply: {results['matmul_gflops_per_second']:.0f} GFLOP/s (float32); "
-          f"batch {results['batch_size']}, {results['steps']} steps x "
-          f"{results['repeats']} repeats; min / median / max")
-    header = (f"{'model':<15} {'project ms':>20} {'bare ms':>20} {'limit ms':>9} "
-              f"{'images/s':>9} {'project/bare':>18} {'bare/limit':>18}")
+    rates = ", ".join(f"{rate:.0f} GFLOP/s in {PRECISIONS[policy]}"
+                      for policy, rate in results["matmul_gflops_per_second"].items())
+    print(f"matrix multiply: {rates}; batch {results['batch_size']}, {results['steps']} "
+          f"steps x {results['repeats']} repeats; min / median / max"
+          + ("; compiled with XLA" if results["jit_compile"] else ""))
+    header = (f"{'model':<15} {'precision':<15} {'project ms':>17} {'bare ms':>17} "
+              f"{'limit ms':>8} {'images/s':>8} {'project/bare':>15} {'bare/limit':>15} "
+              f"{'epoch s':>7} {'test s':>6}")
     print(header)
     print("-" * len(header))
 
     def spread(stats, digits=1):
         return "/".join(f"{stats[k]:.{digits}f}" for k in ("min", "median", "max"))
 
-    for name, row in results["models"].items():
-        print(f"{name:<15} {spread(row['project_ms_per_step']):>20} "
-              f"{spread(row['bare_ms_per_step']):>20} {row['limit_ms_per_step']:>9.1f} "
-              f"{row['images_per_second_project']:>9.0f} "
-              f"{spread(row['project_over_bare'], 2):>18} "
-              f"{spread(row['bare_over_limit'], 2):>18}")
+    for name, by_precision in results["models"].items():
+        for policy, row in by_precision.items():
+            print(f"{name:<15} {policy:<15} {spread(row['project_ms_per_step']):>17} "
+                  f"{spread(row['bare_ms_per_step']):>17} {row['limit_ms_per_step']:>8.1f} "
+                  f"{row['images_per_second_project']:>8.0f} "
+                  f"{spread(row['project_over_bare'], 2):>15} "
+                  f"{spread(row['bare_over_limit'], 2):>15} "
+                  f"{row['once_per_epoch_seconds']['median']:>7.2f} "
+                  f"{row['validation_seconds_per_epoch']['median']:>6.2f}")
+    print("project: median step + once-per-epoch cost / steps; epoch s: that "
+          "once-per-epoch cost; test s: the test-set pass after each epoch (not in project)")
 
 
 def main(argv=None):
@@ -239,15 +319,29 @@ def main(argv=None):
                         "scripts run, so per-epoch costs weigh as they do there)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per model")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--test-images", type=int, default=10_000,
+                        help="images in the test-set pass after each epoch (the scripts "
+                        "use all 10,000)")
+    parser.add_argument("--models", nargs="+", choices=list(CHAPTERS), default=list(CHAPTERS))
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
+                        default=list(PRECISIONS))
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="compile both training paths with XLA (slower on the CPU we "
+                        "measured)")
     parser.add_argument("--quick", action="store_true",
-                        help="a run of a few seconds: 5 steps, 2 repeats, small matmul")
+                        help="a run of a few seconds: 5 steps, 2 repeats, 256 test images, "
+                        "small matmul")
     parser.add_argument("--output", type=Path, default=REPO / "outputs" / "benchmark.json",
                         help="where to write the results as JSON")
     args = parser.parse_args(argv)
-    if min(args.steps, args.repeats, args.batch_size) < 1:
-        parser.error("--steps, --repeats and --batch-size must be positive")
-    steps, repeats, matmul_size = (5, 2, 512) if args.quick else (args.steps, args.repeats, 2048)
-    results = run(steps, repeats, args.batch_size, matmul_size)
+    if min(args.repeats, args.batch_size, args.test_images) < 1 or args.steps < 2:
+        parser.error("--repeats, --batch-size and --test-images must be positive, "
+                     "--steps at least 2")
+    steps, repeats, test_images, matmul_size = (
+        (5, 2, 256, 512) if args.quick
+        else (args.steps, args.repeats, args.test_images, 2048))
+    results = run(args.models, args.precisions, steps, repeats, args.batch_size, test_images,
+                  matmul_size, args.jit_compile)
     print_table(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

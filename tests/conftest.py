@@ -7,7 +7,6 @@ from pathlib import Path
 # No window during tests: the explorers' widgets are driven from code.
 os.environ["MPLBACKEND"] = "Agg"
 
-import keras
 import numpy as np
 import pytest
 
@@ -50,10 +49,3 @@ def pytest_configure(config):
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
     )
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    """A test that trains with --mixed-precision sets Keras' global dtype
-    policy; the next test starts from the float32 default again."""
-    yield
-    keras.mixed_precision.set_global_policy("float32")

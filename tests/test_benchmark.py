@@ -4,6 +4,10 @@ import json
 import sys
 from pathlib import Path
 
+import keras
+import numpy as np
+import pytest
+
 import cvae_onehot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,15 +32,33 @@ def test_flops_of_the_one_hot_model_match_a_count_by_hand():
     assert round(benchmark.flops_per_step(vae, 128) / 1e9, 1) == 5.4
 
 
-def test_quick_benchmark_measures_all_three_models(tmp_path, small_mnist):
+def test_an_epoch_is_split_into_median_step_once_per_epoch_cost_and_test_pass():
+    # Steps of 40 ms, one slowed to 90 ms by a burst of other work; the first
+    # step ends 0.5 s after the epoch starts (iterator start), the callbacks
+    # take 0.3 s after the test pass of 2 s.
+    step_ends = 0.5 + np.cumsum([0.0, 0.04, 0.04, 0.09, 0.04, 0.04])
+    end = step_ends[-1] + 2.0 + 0.3
+    epoch = benchmark.split_epoch(0.0, list(step_ends), 2.0, end)
+    assert epoch["once_per_epoch_seconds"] == pytest.approx(0.5 - 0.04 + 0.3)
+    assert epoch["ms_per_step"] == pytest.approx(40 + 1000 * 0.76 / 6)
+    assert epoch["validation_seconds"] == 2.0
+    assert epoch["mean_ms_per_step"] == pytest.approx(1000 * (end - 2.0) / 6)
+
+
+def test_quick_benchmark_measures_all_three_models_in_both_precisions(tmp_path, small_mnist):
     output = tmp_path / "bench.json"
     benchmark.main(["--quick", "--output", str(output)])
     results = json.loads(output.read_text())
     assert set(results["models"]) == {"cvae_onehot", "cvae_embedding", "denoising_vae"}
-    assert results["matmul_gflops_per_second"] > 0
-    for row in results["models"].values():
-        for key in ("project_ms_per_step", "bare_ms_per_step"):
-            assert 0 < row[key]["min"] <= row[key]["median"] <= row[key]["max"]
-        assert row["limit_ms_per_step"] > 0
-        ratio = row["project_ms_per_step"]["median"] / row["bare_ms_per_step"]["median"]
-        assert abs(row["project_over_bare"]["median"] - ratio) < 1e-9
+    assert set(results["matmul_gflops_per_second"]) == {"float32", "mixed_bfloat16"}
+    assert all(rate > 0 for rate in results["matmul_gflops_per_second"].values())
+    for by_precision in results["models"].values():
+        assert set(by_precision) == {"float32", "mixed_bfloat16"}
+        for row in by_precision.values():
+            for key in ("project_ms_per_step", "bare_ms_per_step"):
+                assert 0 < row[key]["min"] <= row[key]["median"] <= row[key]["max"]
+            assert row["limit_ms_per_step"] > 0
+            assert row["validation_seconds_per_epoch"]["min"] > 0
+            ratio = row["project_ms_per_step"]["median"] / row["bare_ms_per_step"]["median"]
+            assert abs(row["project_over_bare"]["median"] - ratio) < 1e-9
+    assert keras.mixed_precision.global_policy().name == "float32"

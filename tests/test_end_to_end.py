@@ -70,7 +70,7 @@ def test_history_metrics_and_config_are_written(finished_run):
     assert config["epochs"] == 1 and config["train_samples"] == 1024
     timings = json.loads((run_dir / "timings.json").read_text())
     assert list(timings) == ["data", "training", "evaluation", "figures", "total"]
-    assert all(seconds > 0 for seconds in timings.values())
+    assert all(seconds >= 0 for seconds in timings.values()) and timings["training"] > 0
     assert timings["total"] == pytest.approx(sum(list(timings.values())[:-1]), abs=0.05)
     assert timings["training"] >= metrics["train_seconds"] - 0.1
     assert not list(run_dir.glob(".*partial*"))  # no half-written files
