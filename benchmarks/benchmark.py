@@ -188,7 +188,8 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats, jit_compil
     """`repeats` epochs through `training_loops.train`, after one warm-up
     epoch that traces the graph."""
     vae = chapter.build()
-    vae.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+    # Without --jit-compile, the scripts' own setting: Keras' "auto".
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile or "auto")
     train_inputs, train_targets = chapter.feed(*train_set)
     shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
     train_data = make_dataset(train_inputs, train_targets, batch_size,
@@ -272,15 +273,18 @@ def run(models, precisions, steps, repeats, batch_size, test_images, matmul_size
     results = {"batch_size": batch_size, "steps": steps, "repeats": repeats,
                "jit_compile": jit_compile, "test_images": len(test_set[0]),
                "matmul_gflops_per_second": {}, "models": {name: {} for name in models}}
+    rates = results["matmul_gflops_per_second"]
     for policy in precisions:
-        gflops = matmul_gflops(matmul_size, max(3, repeats), PRECISIONS[policy])
-        results["matmul_gflops_per_second"][policy] = gflops
-        for name in models:
+        rates[policy] = matmul_gflops(matmul_size, max(3, repeats), PRECISIONS[policy])
+    # One model's precisions are measured back to back, so a slow spell of a
+    # shared machine weighs on them alike.
+    for name in models:
+        for policy in precisions:
             # The models built inside compute in this policy's precision.
             with precision(mixed=policy == "mixed_bfloat16"):
                 results["models"][name][policy] = measure(
-                    CHAPTERS[name], train_set, test_set, batch_size, steps, repeats, gflops,
-                    jit_compile)
+                    CHAPTERS[name], train_set, test_set, batch_size, steps, repeats,
+                    rates[policy], jit_compile)
     return results
 
 
