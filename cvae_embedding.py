@@ -8,10 +8,18 @@ free to place digits that are drawn alike near each other; the figure
 label_embedding.png shows whether it does. With thousands of classes, such a
 table stays small where one-hot vectors would not.
 
-The seed document reports this model's loss summed over the batch rather than
+The reference reports this model's loss summed over the batch rather than
 per image: ~16,000 is the one-hot chapter's ~130 per image times the batch
 size of 128. Adam's updates barely depend on the scale of the loss, so the
 model learns the same; only the printed numbers are 128 times larger.
+
+As in every chapter, the loss and the training step are read in
+`training_loops.py` (`reconstruction_loss`, `kl_divergence` and
+`VAE.train_step`).
+
+The loss and the training step are the same in all three chapters and are
+read in `training_loops.py` (`reconstruction_loss`, `kl_divergence` and
+`VAE.train_step`); this chapter builds the encoder and decoder they train.
 
 Run `python cvae_embedding.py` (10 epochs, a few minutes on a laptop CPU);
 `--help` lists every setting. Outputs go to outputs/cvae_embedding/.
@@ -24,23 +32,12 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from training_loops import (
-    IMAGE_SHAPE,
-    NUM_CLASSES,
-    VAE,
-    Stopwatch,
-    finish_run,
-    load_mnist_images,
-    load_trained_model,
-    make_dataset,
-    parse_hyperparameters,
-    precision,
-    run_main,
-    save_model,
-    start_run,
-    train,
-    write_metrics,
-)
+from errors import run_main
+from evaluation import write_metrics
+from hyperparameters import parse_hyperparameters
+from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
+from runs import load_trained_model, precision, start_run
+from training_loops import VAE, train
 from visualization_utils import (
     LatentExplorer,
     check_explorer_can_open,
@@ -58,7 +55,7 @@ TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
 # Model
 LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
 EMBEDDING_DIM = 8  # length of each digit's learned label vector
-BETA = 1.0  # weight of the KL term: 1 is the seed's VAE, >1 smoother z, <1 sharper images
+BETA = 1.0  # weight of the KL term: 1 is the reference's VAE, >1 smoother z, <1 sharper images
 # Training
 EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
@@ -79,15 +76,21 @@ def class_index(digits):
     return keras.ops.convert_to_numpy(digits).astype("int32").reshape(-1, 1)
 
 
+def inputs_and_targets(images, digits):
+    """What the model is fed: the image and its digit's index go in, and the
+    target is the image itself."""
+    return (images, class_index(digits)), images
+
+
 # ## Label embedding
 # One table of 10 rows (one per digit) of EMBEDDING_DIM learned numbers. The
-# seed feeds "the embedded label" to both the encoder and the decoder; we read
-# that as one table shared by both halves (512,149 parameters; two tables
-# would make 512,229), so a digit means the same vector wherever it enters.
-# The seed draws the embedding inside the encoder; here the VAE owns it and
-# hands both halves its output, the same computation. Inside both halves it
-# could not be saved: the VAE saves each half on its own, and a layer shared
-# by the two does not reload.
+# reference feeds "the embedded label" to both the encoder and the decoder;
+# we read that as one table shared by both halves (512,149 parameters; two
+# tables would make 512,229), so a digit means the same vector wherever it
+# enters. The reference draws the embedding inside the encoder; here the VAE
+# owns it and hands both halves its output, the same computation. Inside both
+# halves it could not be saved: the VAE saves each half on its own, and a
+# layer shared by the two does not reload.
 
 
 def build_label_embedding(embedding_dim):
@@ -121,8 +124,11 @@ def build_encoder(latent_dim, embedding_dim):
 
 # ## Decoder
 # z joins the same embedded label (latent_dim + 8), and transposed
-# convolutions grow a 7x7x64 block back into a 28x28 image of pixel
-# probabilities.
+# convolutions grow a 7x7x64 block back into a 28x28 image. The reference's
+# last layer ends in a sigmoid, which turns each pixel's logit into a
+# probability; ours hands out the logits, and `VAE.decode` applies the
+# sigmoid, so the loss can be computed from the logits (see
+# `training_loops.reconstruction_loss`).
 
 
 def build_decoder(latent_dim, embedding_dim):
@@ -133,15 +139,15 @@ def build_decoder(latent_dim, embedding_dim):
     x = layers.Reshape((7, 7, 64))(x)
     x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-    # float32 output, as in the encoder: the loss reads the sigmoid's input.
-    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid",
-                                    dtype="float32")(x)
-    return keras.Model([z, labels], images, name="decoder")
+    # float32 output, as in the encoder: the loss reads these logits.
+    logits = layers.Conv2DTranspose(1, 3, padding="same", dtype="float32",
+                                    name="pixel_logits")(x)
+    return keras.Model([z, labels], logits, name="decoder")
 
 
 # ## Model
 
-# The seed document reports this model's loss summed over the batch: both
+# The reference reports this model's loss summed over the batch: both
 # terms are added up over the images of a batch, which gives its ~16,000
 # (about 128 images x 130 per image).
 LOSS_SCALE = "loss summed over the batch"
@@ -162,21 +168,7 @@ def build_vae(latent_dim, embedding_dim, seed, beta):
     )
 
 
-# ## Train
-
-
-def train_vae(config, train_data, test_data):
-    """Builds, trains (resumably: see `train`) and saves the model."""
-    with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-        vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta)
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
-                          resume=config.resume)
-    save_model(vae, config.output_dir / f"{vae.name}.keras")
-    return vae, train_seconds
-
-
-# ## Evaluate and draw
+# ## Figures
 
 
 def digit_decoder(vae):
@@ -187,9 +179,10 @@ def digit_decoder(vae):
 
 def save_figures(vae, test_images, test_digits, config):
     z_mean, _ = vae.encode(test_images, class_index(test_digits))
-    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean), test_images,
-                                 test_digits, config.output_dir, LOSS_SCALE, config.beta,
-                                 seed=config.seed, examples_shown=config.examples_shown)
+    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean),
+                                 test_images, test_digits, config.output_dir, LOSS_SCALE,
+                                 config.beta, seed=config.seed,
+                                 examples_shown=config.examples_shown)
     # The table itself: row d is the vector the model learned for digit d.
     table = vae.label_embedding.get_layer("table").embeddings
     plot_label_embedding(keras.ops.convert_to_numpy(table),
@@ -202,38 +195,36 @@ def save_figures(vae, test_images, test_digits, config):
 def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
     check_explorer_can_open()
-    vae = load_trained_model(config.output_dir / "cvae_embedding.keras", "cvae_embedding.py")
-    explorer = LatentExplorer(digit_decoder(vae), latent_dim=vae.decoder.inputs[0].shape[-1])
-    show_explorer()
-    return explorer
+    vae = load_trained_model(config.output_dir, "cvae_embedding")
+    return show_explorer(LatentExplorer(digit_decoder(vae), vae.latent_dim))
 
 
-# ## Main
+# ## Run: data, training, evaluation, figures
 
 
 def main(argv=None):
     config = parse_hyperparameters(globals(), argv)
     if config.explore:
         return explore(config)
-    stopwatch = Stopwatch()
-    start_run(config)
-    (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-        config.train_samples, config.test_samples)
-    # The digit's index goes in beside the image; the target is the image.
-    train_data = make_dataset((train_images, class_index(train_digits)), train_images,
-                              config.batch_size, shuffle_buffer=len(train_images),
-                              seed=config.seed)
-    test_data = make_dataset((test_images, class_index(test_digits)), test_images,
-                             config.batch_size)
-    stopwatch.lap("data")
+    with start_run(config) as stopwatch:
+        (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
+            config.train_samples, config.test_samples)
+        train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
+                                  config.batch_size, shuffle_buffer=len(train_images),
+                                  seed=config.seed)
+        test_data = make_dataset(*inputs_and_targets(test_images, test_digits),
+                                 config.batch_size)
+        stopwatch.lap("data")
 
-    vae, train_seconds = train_vae(config, train_data, test_data)
-    stopwatch.lap("training")
-    write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config)
-    stopwatch.lap("evaluation")
-    save_figures(vae, test_images, test_digits, config)
-    stopwatch.lap("figures")
-    finish_run(config, stopwatch)
+        with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+            vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta)
+        train(vae, train_data, test_data, config.epochs, config.learning_rate,
+              config.output_dir, resume=config.resume)
+        stopwatch.lap("training")
+        write_metrics(vae, test_data, LOSS_SCALE, config)
+        stopwatch.lap("evaluation")
+        save_figures(vae, test_images, test_digits, config)
+        stopwatch.lap("figures")
     return vae
 
 

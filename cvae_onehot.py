@@ -13,6 +13,10 @@ Here the label enters as a 10-d one-hot vector, concatenated with the image
 features in the encoder and with z in the decoder. With a 2-d z we can draw
 the whole latent space.
 
+The loss and the training step are the same in all three chapters and are
+read in `training_loops.py` (`reconstruction_loss`, `kl_divergence` and
+`VAE.train_step`); this chapter builds the encoder and decoder they train.
+
 Run `python cvae_onehot.py` (about 10 epochs of a few minutes on a laptop
 CPU); `--help` lists every setting. Outputs go to outputs/cvae_onehot/.
 """
@@ -24,23 +28,12 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from training_loops import (
-    IMAGE_SHAPE,
-    NUM_CLASSES,
-    VAE,
-    Stopwatch,
-    finish_run,
-    load_mnist_images,
-    load_trained_model,
-    make_dataset,
-    parse_hyperparameters,
-    precision,
-    run_main,
-    save_model,
-    start_run,
-    train,
-    write_metrics,
-)
+from errors import run_main
+from evaluation import write_metrics
+from hyperparameters import parse_hyperparameters
+from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
+from runs import load_trained_model, precision, start_run
+from training_loops import VAE, train
 from visualization_utils import (
     LatentExplorer,
     check_explorer_can_open,
@@ -56,7 +49,7 @@ TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
 # Model
 LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
-BETA = 1.0  # weight of the KL term: 1 is the seed's VAE, >1 smoother z, <1 sharper images
+BETA = 1.0  # weight of the KL term: 1 is the reference's VAE, >1 smoother z, <1 sharper images
 # Training
 EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
@@ -75,6 +68,12 @@ OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "cvae_onehot"  # wher
 def one_hot(digits):
     """The digit 3 becomes [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]."""
     return keras.utils.to_categorical(digits, NUM_CLASSES).astype("float32")
+
+
+def inputs_and_targets(images, digits):
+    """What the model is fed: the image and its one-hot label go in, and the
+    target is the image itself."""
+    return (images, one_hot(digits)), images
 
 
 # ## Encoder
@@ -99,8 +98,11 @@ def build_encoder(latent_dim):
 
 # ## Decoder
 # z joins the same one-hot label (latent_dim + 10), and transposed
-# convolutions grow a 7x7x64 block back into a 28x28 image of pixel
-# probabilities.
+# convolutions grow a 7x7x64 block back into a 28x28 image. The reference's
+# last layer ends in a sigmoid, which turns each pixel's logit into a
+# probability; ours hands out the logits, and `VAE.decode` applies the
+# sigmoid, so the loss can be computed from the logits (see
+# `training_loops.reconstruction_loss`).
 
 
 def build_decoder(latent_dim):
@@ -111,15 +113,15 @@ def build_decoder(latent_dim):
     x = layers.Reshape((7, 7, 64))(x)
     x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-    # float32 output, as in the encoder: the loss reads the sigmoid's input.
-    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid",
-                                    dtype="float32")(x)
-    return keras.Model([z, labels], images, name="decoder")
+    # float32 output, as in the encoder: the loss reads these logits.
+    logits = layers.Conv2DTranspose(1, 3, padding="same", dtype="float32",
+                                    name="pixel_logits")(x)
+    return keras.Model([z, labels], logits, name="decoder")
 
 
 # ## Model
 
-# The seed document reports this model's loss per image: both terms are
+# The reference reports this model's loss per image: both terms are
 # averaged over the images of a batch, which gives its ~128-130.
 LOSS_SCALE = "loss per image, batch mean"
 
@@ -138,21 +140,7 @@ def build_vae(latent_dim, seed, beta):
     )
 
 
-# ## Train
-
-
-def train_vae(config, train_data, test_data):
-    """Builds, trains (resumably: see `train`) and saves the model."""
-    with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-        vae = build_vae(config.latent_dim, config.seed, config.beta)
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
-                          resume=config.resume)
-    save_model(vae, config.output_dir / f"{vae.name}.keras")
-    return vae, train_seconds
-
-
-# ## Evaluate and draw
+# ## Figures
 
 
 def digit_decoder(vae):
@@ -163,9 +151,10 @@ def digit_decoder(vae):
 
 def save_figures(vae, test_images, test_digits, config):
     z_mean, _ = vae.encode(test_images, one_hot(test_digits))
-    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean), test_images,
-                                 test_digits, config.output_dir, LOSS_SCALE, config.beta,
-                                 seed=config.seed, examples_shown=config.examples_shown)
+    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean),
+                                 test_images, test_digits, config.output_dir, LOSS_SCALE,
+                                 config.beta, seed=config.seed,
+                                 examples_shown=config.examples_shown)
 
 
 # ## Explore
@@ -174,38 +163,36 @@ def save_figures(vae, test_images, test_digits, config):
 def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
     check_explorer_can_open()
-    vae = load_trained_model(config.output_dir / "cvae_onehot.keras", "cvae_onehot.py")
-    explorer = LatentExplorer(digit_decoder(vae), latent_dim=vae.decoder.inputs[0].shape[-1])
-    show_explorer()
-    return explorer
+    vae = load_trained_model(config.output_dir, "cvae_onehot")
+    return show_explorer(LatentExplorer(digit_decoder(vae), vae.latent_dim))
 
 
-# ## Main
+# ## Run: data, training, evaluation, figures
 
 
 def main(argv=None):
     config = parse_hyperparameters(globals(), argv)
     if config.explore:
         return explore(config)
-    stopwatch = Stopwatch()
-    start_run(config)
-    (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-        config.train_samples, config.test_samples)
-    # The one-hot label goes in beside the image; the target is the image.
-    train_data = make_dataset((train_images, one_hot(train_digits)), train_images,
-                              config.batch_size, shuffle_buffer=len(train_images),
-                              seed=config.seed)
-    test_data = make_dataset((test_images, one_hot(test_digits)), test_images,
-                             config.batch_size)
-    stopwatch.lap("data")
+    with start_run(config) as stopwatch:
+        (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
+            config.train_samples, config.test_samples)
+        train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
+                                  config.batch_size, shuffle_buffer=len(train_images),
+                                  seed=config.seed)
+        test_data = make_dataset(*inputs_and_targets(test_images, test_digits),
+                                 config.batch_size)
+        stopwatch.lap("data")
 
-    vae, train_seconds = train_vae(config, train_data, test_data)
-    stopwatch.lap("training")
-    write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config)
-    stopwatch.lap("evaluation")
-    save_figures(vae, test_images, test_digits, config)
-    stopwatch.lap("figures")
-    finish_run(config, stopwatch)
+        with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+            vae = build_vae(config.latent_dim, config.seed, config.beta)
+        train(vae, train_data, test_data, config.epochs, config.learning_rate,
+              config.output_dir, resume=config.resume)
+        stopwatch.lap("training")
+        write_metrics(vae, test_data, LOSS_SCALE, config)
+        stopwatch.lap("evaluation")
+        save_figures(vae, test_images, test_digits, config)
+        stopwatch.lap("figures")
     return vae
 
 

@@ -6,7 +6,7 @@ clean one. Input and target differ, so the model has to learn what MNIST
 digits look like well enough to fill in what the damage removed. There are
 no labels.
 
-The seed's damage is a blur: shrink the 28x28 image to 14x14 and grow it
+The reference's damage is a blur: shrink the 28x28 image to 14x14 and grow it
 back, which throws away three quarters of the pixels' detail. `--corruption`
 picks another kind of damage instead: Gaussian noise, salt-and-pepper noise,
 or a square hidden from view.
@@ -14,8 +14,12 @@ or a square hidden from view.
 Two things differ from the conditional chapters. z has 16 dimensions, not 2:
 it must carry the particular strokes of one digit (where they are, how thick)
 rather than just a style, and two numbers are too few for that. And the
-loss follows the seed's formulas exactly, with a quirk explained in
+loss follows the reference's formulas exactly, with a quirk explained in
 `build_vae`.
+
+The loss terms and the training step are those of every chapter and are read
+in `training_loops.py` (`reconstruction_loss`, `kl_divergence` and
+`VAE.train_step`); the damaged image goes in and the clean one is the target.
 
 Run `python denoising_vae.py` (5 epochs, a few minutes on a laptop CPU);
 `--help` lists every setting. Outputs go to outputs/denoising_vae/.
@@ -30,23 +34,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from training_loops import (
-    IMAGE_SHAPE,
-    VAE,
-    Stopwatch,
-    finish_run,
-    load_mnist_images,
-    load_run_config,
-    load_trained_model,
-    make_dataset,
-    parse_hyperparameters,
-    precision,
-    run_main,
-    save_model,
-    start_run,
-    train,
-    write_metrics,
-)
+from errors import run_main
+from evaluation import write_metrics
+from hyperparameters import parse_hyperparameters
+from image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
+from runs import load_run_config, load_trained_model, precision, start_run
+from training_loops import VAE, train
 from visualization_utils import (
     RestorationExplorer,
     check_explorer_can_open,
@@ -60,16 +53,16 @@ from visualization_utils import (
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
 
 # Data
-CORRUPTION = "blur"  # the damage to undo: blur (the seed's), noise, salt_and_pepper, occlusion
+CORRUPTION = "blur"  # the damage to undo: blur (the reference's), noise, salt_and_pepper, occlusion
 TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
 # Model
 LATENT_DIM = 16  # size of z; restoring one digit's strokes needs more than 2
-BETA = 1.0  # weight of the KL term: 1 is the seed's VAE, >1 smoother z, <1 sharper images
+BETA = 1.0  # weight of the KL term: 1 is the reference's VAE, >1 smoother z, <1 sharper images
 # Training
 EPOCHS = 5  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
-SHUFFLE_BUFFER = 1024  # the seed's shuffle buffer (60,000 would shuffle fully)
+SHUFFLE_BUFFER = 1024  # the reference's shuffle buffer (60,000 would shuffle fully)
 LEARNING_RATE = 1e-3  # Adam's step size (Keras' default)
 SEED = 42  # seeds weights, shuffling, sampling and noise: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
@@ -80,20 +73,22 @@ OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "denoising_vae"  # wh
 
 
 # ## Data
-# Each corruption takes float images in [0, 1] of shape (n, 28, 28, 1) and a
-# NumPy random generator, and returns damaged images of the same shape, dtype
-# and range. The damage is done once, before training, so every epoch sees
-# the same (damaged, clean) pairs, as in the seed.
+# Each corruption takes float images in [0, 1] of shape (n, height, width, 1)
+# and a NumPy random generator, and returns damaged images of the same shape,
+# dtype and range. The damage is done once, before training, so every epoch
+# sees the same (damaged, clean) pairs, as in the reference.
 
 
 def blur(images, rng=None):
-    """The seed's corruption: resize to 14x14 and back to 28x28 (bilinear).
+    """The reference's corruption: resize to half the size (14x14 for MNIST)
+    and back (bilinear).
 
     Each small pixel averages a 2x2 block, so strokes come back wider and
     fainter and fine gaps close. (`rng` is unused: blur is not random.)
     """
-    small = tf.image.resize(images, [14, 14])
-    return tf.image.resize(small, [28, 28]).numpy()
+    height, width = images.shape[1:3]
+    small = tf.image.resize(images, [height // 2, width // 2])
+    return tf.image.resize(small, [height, width]).numpy()
 
 
 def add_gaussian_noise(images, rng, stddev=0.4):
@@ -137,6 +132,12 @@ def corrupt(images, corruption, seed):
     return CORRUPTIONS[corruption](images, np.random.default_rng(seed))
 
 
+def inputs_and_targets(images, corruption, seed):
+    """What the model is fed: the damaged image goes in, and the target is
+    the clean original."""
+    return corrupt(images, corruption, seed), images
+
+
 # ## Encoder
 # damaged image (28, 28, 1) -> two strided convolutions -> 3136 features ->
 # Dense 128 -> q(z | damaged image), 16-d.
@@ -157,7 +158,8 @@ def build_encoder(latent_dim):
 
 # ## Decoder
 # z alone (no label) -> Dense 3136 -> 7x7x64 -> transposed convolutions ->
-# the clean 28x28 image's pixel probabilities.
+# the clean 28x28 image's pixel logits (the sigmoid is applied by
+# `VAE.decode`, as in cvae_onehot.py).
 
 
 def build_decoder(latent_dim):
@@ -166,10 +168,10 @@ def build_decoder(latent_dim):
     x = layers.Reshape((7, 7, 64))(x)
     x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
-    # float32 output, as in the encoder: the loss reads the sigmoid's input.
-    images = layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid",
-                                    dtype="float32")(x)
-    return keras.Model(z, images, name="decoder")
+    # float32 output, as in the encoder: the loss reads these logits.
+    logits = layers.Conv2DTranspose(1, 3, padding="same", dtype="float32",
+                                    name="pixel_logits")(x)
+    return keras.Model(z, logits, name="decoder")
 
 
 # ## Model
@@ -183,12 +185,12 @@ def build_vae(latent_dim, seed, beta):
     return VAE(
         build_encoder(latent_dim),
         build_decoder(latent_dim),
-        # The seed writes the reconstruction term as reduce_mean(reduce_sum(bce)):
+        # The reference writes the reconstruction term as reduce_mean(reduce_sum(bce)):
         # the inner sum adds the cross-entropy over every pixel of every image
         # in the batch, so the outer mean acts on a single number and changes
         # nothing. The reconstruction is therefore summed over the batch, while
         # the KL term is averaged over it: a batch of 128 gives ~8,908 (the
-        # seed's figure). Relative to the reconstruction, the KL weighs 1/128
+        # reference's figure). Relative to the reconstruction, the KL weighs 1/128
         # of its usual weight, so this model is close to a plain autoencoder:
         # sharp restorations, and a latent space far from N(0, I).
         reconstruction_reduction="sum",
@@ -199,20 +201,6 @@ def build_vae(latent_dim, seed, beta):
     )
 
 
-# ## Train
-
-
-def train_vae(config, train_data, test_data):
-    """Builds, trains (resumably: see `train`) and saves the model."""
-    with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-        vae = build_vae(config.latent_dim, config.seed, config.beta)
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    train_seconds = train(vae, train_data, test_data, config.epochs, config.output_dir,
-                          resume=config.resume)
-    save_model(vae, config.output_dir / f"{vae.name}.keras")
-    return vae, train_seconds
-
-
 # ## Evaluate
 
 
@@ -220,7 +208,8 @@ def restore(vae, damaged, batch_size):
     """Decodes the posterior mean z_mean: the model's single best guess of
     the clean digit, without the noise that sampling z would add."""
     z_mean, _ = vae.encoder.predict(damaged, batch_size=batch_size, verbose=0)
-    return vae.decoder.predict(z_mean, batch_size=batch_size, verbose=0)
+    logits = vae.decoder.predict(z_mean, batch_size=batch_size, verbose=0)
+    return keras.ops.convert_to_numpy(keras.ops.sigmoid(logits))  # as VAE.decode
 
 
 def image_quality(images, clean):
@@ -267,53 +256,52 @@ def save_figures(damaged, restored, clean, psnr_damaged, psnr_restored, config):
 def explore(config, images_shown=100):
     """--explore: step through test digits, damaged, restored, original."""
     check_explorer_can_open()
-    vae = load_trained_model(config.output_dir / "denoising_vae.keras", "denoising_vae.py")
+    vae = load_trained_model(config.output_dir, "denoising_vae")
     # Damage the test digits exactly as the run that trained the model did.
     run = load_run_config(config.output_dir)
     (_, _), (clean, _) = load_mnist_images(0, images_shown)
     damaged = corrupt(clean, run.corruption, run.seed + 1)
-    explorer = RestorationExplorer(damaged, restore(vae, damaged, images_shown), clean,
-                                   run.corruption)
-    show_explorer()
-    return explorer
+    return show_explorer(RestorationExplorer(damaged, restore(vae, damaged, images_shown),
+                                             clean, run.corruption))
 
 
-# ## Main
+# ## Run: data, training, evaluation, figures
 
 
 def main(argv=None):
     config = parse_hyperparameters(globals(), argv, choices={"CORRUPTION": CORRUPTIONS})
     if config.explore:
         return explore(config)
-    stopwatch = Stopwatch()
-    start_run(config)
-    (train_images, _), (test_images, _) = load_mnist_images(
-        config.train_samples, config.test_samples)
-    # Damaged images go in; the clean originals are the targets.
-    train_damaged = corrupt(train_images, config.corruption, config.seed)
-    # The test damage is drawn apart from the training damage (another seed).
-    test_damaged = corrupt(test_images, config.corruption, config.seed + 1)
-    train_data = make_dataset(train_damaged, train_images, config.batch_size,
-                              shuffle_buffer=config.shuffle_buffer, seed=config.seed)
-    test_data = make_dataset(test_damaged, test_images, config.batch_size)
-    stopwatch.lap("data")
+    with start_run(config) as stopwatch:
+        (train_images, _), (test_images, _) = load_mnist_images(
+            config.train_samples, config.test_samples)
+        train_data = make_dataset(
+            *inputs_and_targets(train_images, config.corruption, config.seed),
+            config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+        # The test damage is drawn apart from the training damage (another seed).
+        test_damaged, test_clean = inputs_and_targets(test_images, config.corruption,
+                                                      config.seed + 1)
+        test_data = make_dataset(test_damaged, test_clean, config.batch_size)
+        stopwatch.lap("data")
 
-    vae, train_seconds = train_vae(config, train_data, test_data)
-    stopwatch.lap("training")
-    restored = restore(vae, test_damaged, config.batch_size)
-    damaged_quality = image_quality(test_damaged, test_images)
-    restored_quality = image_quality(restored, test_images)
-    restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
-    metrics = write_metrics(vae, test_data, train_seconds, LOSS_SCALE, config,
-                            extra={"restoration": restoration})
-    psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
-    print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
-          f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on the test images")
-    stopwatch.lap("evaluation")
-    save_figures(test_damaged, restored, test_images, damaged_quality["psnr"],
-                 restored_quality["psnr"], config)
-    stopwatch.lap("figures")
-    finish_run(config, stopwatch)
+        with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+            vae = build_vae(config.latent_dim, config.seed, config.beta)
+        train(vae, train_data, test_data, config.epochs, config.learning_rate,
+              config.output_dir, resume=config.resume)
+        stopwatch.lap("training")
+        restored = restore(vae, test_damaged, config.batch_size)
+        damaged_quality = image_quality(test_damaged, test_images)
+        restored_quality = image_quality(restored, test_images)
+        restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
+        metrics = write_metrics(vae, test_data, LOSS_SCALE, config,
+                                extra={"restoration": restoration})
+        psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
+        print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
+              f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on the test images")
+        stopwatch.lap("evaluation")
+        save_figures(test_damaged, restored, test_images, damaged_quality["psnr"],
+                     restored_quality["psnr"], config)
+        stopwatch.lap("figures")
     return vae
 
 

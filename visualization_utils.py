@@ -20,9 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
 
-from training_loops import RunError, atomic_path, read_history
+from errors import RunError
+from image_data import IMAGE_SHAPE, NUM_CLASSES
+from runs import atomic_path, read_history
 
-NUM_DIGITS = 10
 DIGIT_COLORS = "tab10"  # ten distinct colours, one per digit
 
 
@@ -53,8 +54,8 @@ def plot_latent_space(z_means, digits, path, title):
     figure = Figure(figsize=(7.5, 6.5))
     axes = figure.subplots()
     points = axes.scatter(z_means[:, 0], z_means[:, 1], c=digits, cmap=DIGIT_COLORS,
-                          vmin=-0.5, vmax=9.5, s=3, alpha=0.6)
-    colorbar = figure.colorbar(points, ax=axes, ticks=range(NUM_DIGITS))
+                          vmin=-0.5, vmax=NUM_CLASSES - 0.5, s=3, alpha=0.6)
+    colorbar = figure.colorbar(points, ax=axes, ticks=range(NUM_CLASSES))
     colorbar.set_label("digit")
     axes.set_xlabel("z[0] (posterior mean)")
     axes.set_ylabel("z[1] (posterior mean)")
@@ -69,14 +70,14 @@ def plot_generated_digits(decode, latent_dim, path, samples_per_digit=10, seed=0
     shows one "style" written as ten different digits.
     """
     z = np.random.default_rng(seed).standard_normal((samples_per_digit, latent_dim))
-    z_grid = np.tile(z, (NUM_DIGITS, 1)).astype("float32")
-    digits = np.repeat(np.arange(NUM_DIGITS), samples_per_digit)
+    z_grid = np.tile(z, (NUM_CLASSES, 1)).astype("float32")
+    digits = np.repeat(np.arange(NUM_CLASSES), samples_per_digit)
     images = decode(z_grid, digits)
-    figure = Figure(figsize=(samples_per_digit * 0.6 + 1, NUM_DIGITS * 0.6 + 1))
+    figure = Figure(figsize=(samples_per_digit * 0.6 + 1, NUM_CLASSES * 0.6 + 1))
     axes = figure.subplots()
-    _show_mosaic(axes, tile_images(images, NUM_DIGITS, samples_per_digit))
+    _show_mosaic(axes, tile_images(images, NUM_CLASSES, samples_per_digit))
     size = np.shape(images)[1]
-    axes.set_yticks((np.arange(NUM_DIGITS) + 0.5) * size, labels=range(NUM_DIGITS))
+    axes.set_yticks((np.arange(NUM_CLASSES) + 0.5) * size, labels=range(NUM_CLASSES))
     axes.set_ylabel("digit asked for")
     axes.set_xlabel("each column: one z drawn from the prior N(0, I)")
     axes.set_title("Generated digits")
@@ -145,11 +146,14 @@ def plot_training_curves(history_csv, path, loss_scale, beta):
             axes.plot(epochs, history[f"val_{key}"], marker="s", label="test")
         axes.set_title(name)
         axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel(loss_scale)
+        # Whole epochs only, also for a run of one or two epochs.
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        axes.set_xlim(0.5, epochs[-1] + 0.5)
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle("Training curves")
+    # The scale is a long phrase for some chapters: it goes in the title,
+    # where it has the figure's whole width, rather than along each y axis.
+    figure.suptitle(f"Training curves (each loss is a {loss_scale})")
     return save_figure(figure, path)
 
 
@@ -163,9 +167,8 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
     latent_dim = z_mean.shape[1]
     if latent_dim == 2:
         plot_latent_space(z_mean, test_digits, output_dir / "latent_space.png",
-                          "Test digits in the latent space: the label is given,\n"
-                          "so z encodes style and the digits overlap")
-        for digit in range(NUM_DIGITS):
+                          "Test digits in the latent space, coloured by their label")
+        for digit in range(NUM_CLASSES):
             plot_latent_manifold(decode, digit, output_dir / f"manifold_digit_{digit}.png")
         save_latent_traversal_gif(decode, output_dir / "latent_traversal.gif")
     else:
@@ -217,7 +220,7 @@ def plot_label_embedding(vectors, path):
     figure.colorbar(image, ax=left, shrink=0.8)
 
     right.scatter(projected[:, 0], projected[:, 1], c=range(len(vectors)),
-                  cmap=DIGIT_COLORS, vmin=-0.5, vmax=9.5, s=250, alpha=0.35)
+                  cmap=DIGIT_COLORS, vmin=-0.5, vmax=NUM_CLASSES - 0.5, s=250, alpha=0.35)
     for digit, (x, y) in enumerate(projected):
         right.annotate(str(digit), (x, y), ha="center", va="center", fontsize=14,
                        weight="bold")
@@ -273,13 +276,13 @@ def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
     """An animated GIF: all ten digits decoded from the same z while z walks
     a closed loop through the latent plane (left: where z is now)."""
     path_points = latent_loop(frames).astype("float32")
-    digits = np.arange(NUM_DIGITS)
-    # Every frame of every digit in one batched call: (frames * 10) images.
-    images = decode(np.repeat(path_points, NUM_DIGITS, axis=0), np.tile(digits, frames))
-    mosaics = [tile_images(images[i * NUM_DIGITS:(i + 1) * NUM_DIGITS], 2, NUM_DIGITS // 2)
+    digits = np.arange(NUM_CLASSES)
+    # Every frame of every digit in one batched call: frames * 10 images.
+    images = decode(np.repeat(path_points, NUM_CLASSES, axis=0), np.tile(digits, frames))
+    mosaics = [tile_images(images[i * NUM_CLASSES:(i + 1) * NUM_CLASSES], 2, NUM_CLASSES // 2)
                for i in range(frames)]
 
-    figure = Figure(figsize=(7.2, 3.0), dpi=80, layout="constrained")
+    figure = Figure(figsize=(9.6, 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)  # draws off-screen, so the GIF needs no display
     plane, digits_axes = figure.subplots(1, 2, width_ratios=[1, 2.2])
     plane.plot(*np.vstack([path_points, path_points[:1]]).T, color="lightgrey")
@@ -287,12 +290,14 @@ def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
     plane.set_xlim(-2.5, 2.5)
     plane.set_ylim(-2.5, 2.5)
     plane.set_aspect("equal")
-    plane.set_xlabel("z[0]")
-    plane.set_ylabel("z[1]")
-    plane.set_title("z")
-    picture = digits_axes.imshow(mosaics[0], cmap="gray_r", vmin=0.0, vmax=1.0)
+    plane.set_xlabel("z[0]", fontsize=13)
+    plane.set_ylabel("z[1]", fontsize=13)
+    plane.set_title("z walks a loop", fontsize=15)
+    # "nearest" keeps each pixel of the 28x28 digits a crisp square.
+    picture = digits_axes.imshow(mosaics[0], cmap="gray_r", vmin=0.0, vmax=1.0,
+                                 interpolation="nearest")
     digits_axes.set_axis_off()
-    digits_axes.set_title("digits 0-9 decoded from this z")
+    digits_axes.set_title("digits 0-9 decoded from this z", fontsize=15)
 
     def show_frame(index):
         marker.set_data([path_points[index, 0]], [path_points[index, 1]])
@@ -340,7 +345,7 @@ class LatentExplorer:
         self.figure.suptitle("Latent explorer: move z, pick a digit")
         self.image_axes = self.figure.add_axes([0.30, 0.30, 0.62, 0.60])
         self.image_axes.set_axis_off()
-        self.picture = self.image_axes.imshow(np.zeros((28, 28)), cmap="gray_r",
+        self.picture = self.image_axes.imshow(np.zeros(IMAGE_SHAPE[:2]), cmap="gray_r",
                                               vmin=0.0, vmax=1.0)
         self.z0_slider = Slider(self.figure.add_axes([0.30, 0.16, 0.55, 0.04]), "z[0]",
                                 -z_range, z_range, valinit=0.0)
@@ -348,7 +353,7 @@ class LatentExplorer:
                                 -z_range, z_range, valinit=0.0)
         digit_axes = self.figure.add_axes([0.04, 0.30, 0.16, 0.60])
         digit_axes.set_title("digit")
-        self.digit_buttons = RadioButtons(digit_axes, [str(d) for d in range(NUM_DIGITS)])
+        self.digit_buttons = RadioButtons(digit_axes, [str(d) for d in range(NUM_CLASSES)])
         self.z0_slider.on_changed(self.redraw)
         self.z1_slider.on_changed(self.redraw)
         self.digit_buttons.on_clicked(self.redraw)
@@ -381,7 +386,7 @@ class RestorationExplorer:
         for axes, title in zip(self.panels, [corruption, "restored", "original"]):
             axes.set_title(title)
             axes.set_axis_off()
-            self.pictures.append(axes.imshow(np.zeros((28, 28)), cmap="gray_r",
+            self.pictures.append(axes.imshow(np.zeros(IMAGE_SHAPE[:2]), cmap="gray_r",
                                              vmin=0.0, vmax=1.0))
         self.figure.subplots_adjust(bottom=0.22)
         self.index_slider = Slider(self.figure.add_axes([0.2, 0.06, 0.6, 0.05]),
@@ -396,7 +401,9 @@ class RestorationExplorer:
         self.figure.canvas.draw_idle()
 
 
-def show_explorer():
-    """Opens the explorer's window and waits until it is closed."""
+def show_explorer(explorer):
+    """Opens the explorer's window, waits until it is closed, and returns
+    the explorer."""
     check_explorer_can_open()
     pyplot.show()
+    return explorer

@@ -55,13 +55,9 @@ import tensorflow as tf  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
-from training_loops import (  # noqa: E402
-    load_mnist_images,
-    make_dataset,
-    make_reproducible,
-    precision,
-    train,
-)
+from image_data import load_mnist_images, make_dataset  # noqa: E402
+from runs import make_reproducible, precision  # noqa: E402
+from training_loops import train  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype
 
@@ -71,25 +67,25 @@ PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras polic
 
 class Chapter(NamedTuple):
     build: Callable  # () -> a fresh VAE, as the script builds it
-    feed: Callable  # (images, digits) -> (inputs, targets), as the script pairs them
+    feed: Callable  # (images, digits) -> (inputs, targets): the script's own pairing
     shuffle_buffer: int | None  # None: the whole training set
 
 
 CHAPTERS = {
     "cvae_onehot": Chapter(
         lambda: cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0, beta=1.0),
-        lambda images, digits: ((images, cvae_onehot.one_hot(digits)), images),
+        cvae_onehot.inputs_and_targets,
         None,
     ),
     "cvae_embedding": Chapter(
         lambda: cvae_embedding.build_vae(cvae_embedding.LATENT_DIM,
                                          cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0),
-        lambda images, digits: ((images, cvae_embedding.class_index(digits)), images),
+        cvae_embedding.inputs_and_targets,
         None,
     ),
     "denoising_vae": Chapter(
         lambda: denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0),
-        lambda images, digits: (denoising_vae.blur(images), images),
+        lambda images, digits: denoising_vae.inputs_and_targets(images, "blur", seed=0),
         denoising_vae.SHUFFLE_BUFFER,
     ),
 }
@@ -188,7 +184,6 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats):
     """`repeats` epochs through `training_loops.train`, after one warm-up
     epoch that traces the graph."""
     vae = chapter.build()
-    vae.compile(optimizer=keras.optimizers.Adam(1e-3))  # as the scripts compile it
     train_inputs, train_targets = chapter.feed(*train_set)
     shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
     train_data = make_dataset(train_inputs, train_targets, batch_size,
@@ -198,7 +193,7 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats):
     # fit's per-epoch lines are hidden, so the benchmark prints only its table.
     with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
           contextlib.redirect_stdout(devnull)):
-        train(vae, train_data, test_data, 1 + repeats, Path(output_dir),
+        train(vae, train_data, test_data, 1 + repeats, 1e-3, Path(output_dir),
               extra_callbacks=[timer])
     return timer.epochs[1:]
 

@@ -12,11 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import training_loops  # noqa: E402
+import mnist  # noqa: E402
 
 def write_mnist_slice(folder, train, test):
     """A Keras-format mnist.npz with the first `train` and `test` images."""
-    (x_train, y_train), (x_test, y_test) = training_loops.load_mnist(verbose=False)
+    (x_train, y_train), (x_test, y_test) = mnist.load_mnist(verbose=False)
     path = folder / "mnist.npz"
     np.savez(path, x_train=x_train[:train], y_train=y_train[:train],
              x_test=x_test[:test], y_test=y_test[:test])

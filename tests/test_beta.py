@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import cvae_onehot
-from training_loops import make_reproducible, parse_hyperparameters
+from hyperparameters import parse_hyperparameters
+from runs import make_reproducible
 
 
 def a_batch(batch_size=8):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import cvae_embedding
-from training_loops import make_dataset, make_reproducible, read_history
+from image_data import make_dataset
+from runs import make_reproducible, read_history
 
 
 def concatenation_widths(model):
@@ -21,7 +22,7 @@ def embedding_table(vae):
     return keras.ops.convert_to_numpy(vae.label_embedding.get_layer("table").embeddings)
 
 
-def test_architecture_matches_the_seed_with_one_shared_table():
+def test_architecture_matches_the_reference_with_one_shared_table():
     vae = cvae_embedding.build_vae(latent_dim=2, embedding_dim=8, seed=0, beta=1.0)
     assert vae.count_params() == 512_149
     assert vae.label_embedding.count_params() == 10 * 8

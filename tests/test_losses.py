@@ -8,19 +8,48 @@ import cvae_onehot
 from training_loops import VAE, kl_divergence, reconstruction_loss
 
 
-def numpy_bce_per_image(targets, predictions, epsilon=1e-7):
-    p = np.clip(predictions, epsilon, 1 - epsilon)
-    bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+def numpy_bce_per_image(targets, logits):
+    """-[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], summed per image, in
+    float64 and in the form softplus(l) - x * l, exact for any logit."""
+    targets, logits = np.float64(targets), np.float64(logits)
+    bce = np.logaddexp(0.0, logits) - targets * logits
     return bce.reshape(len(bce), -1).sum(axis=1)
 
 
 def test_reconstruction_loss_is_bce_summed_over_pixels():
     rng = np.random.default_rng(0)
     targets = rng.uniform(size=(5, 28, 28, 1)).astype("float32")
-    predictions = rng.uniform(0.01, 0.99, size=(5, 28, 28, 1)).astype("float32")
-    got = keras.ops.convert_to_numpy(reconstruction_loss(targets, predictions))
+    logits = rng.normal(0.0, 3.0, size=(5, 28, 28, 1)).astype("float32")
+    got = keras.ops.convert_to_numpy(reconstruction_loss(targets, logits))
     assert got.shape == (5,)
-    np.testing.assert_allclose(got, numpy_bce_per_image(targets, predictions), rtol=1e-4)
+    np.testing.assert_allclose(got, numpy_bce_per_image(targets, logits), rtol=1e-4)
+    # The same as the reference's cross-entropy of the sigmoid's output,
+    # wherever the sigmoid does not saturate.
+    probabilities = 1.0 / (1.0 + np.exp(-np.float64(logits)))
+    reference = -(targets * np.log(probabilities) + (1 - targets) * np.log(1 - probabilities))
+    np.testing.assert_allclose(got, reference.reshape(5, -1).sum(axis=1), rtol=1e-4)
+
+
+def test_reconstruction_loss_stays_exact_where_the_sigmoid_saturates():
+    # Logits of +-40: the sigmoid rounds to exactly 1 or 0 in float32. A pixel
+    # that is confidently wrong must cost its full 40 nats, not the ~16 that
+    # clipping the probability to [1e-7, 1 - 1e-7] would give, and a pixel
+    # that is confidently right almost nothing.
+    targets = np.zeros((2, 28, 28, 1), "float32")
+    targets[1] = 1.0
+    logits = np.full((2, 28, 28, 1), 40.0, "float32")
+    logits[0, :14] = -40.0  # image 0: half its pixels right, half wrong
+    got = keras.ops.convert_to_numpy(reconstruction_loss(targets, logits))
+    assert np.all(np.isfinite(got))
+    assert got[0] == pytest.approx(28 * 14 * 40.0, rel=1e-5)
+    assert got[1] == pytest.approx(28 * 28 * np.exp(-40.0), abs=1e-9)
+
+
+def test_reconstruction_loss_sums_every_channel_of_a_pixel():
+    targets = np.full((1, 4, 4, 3), 0.5, "float32")
+    logits = np.zeros((1, 4, 4, 3), "float32")
+    got = keras.ops.convert_to_numpy(reconstruction_loss(targets, logits))
+    assert got[0] == pytest.approx(4 * 4 * 3 * np.log(2.0), rel=1e-6)
 
 
 def test_kl_matches_the_closed_form_and_vanishes_at_the_prior():

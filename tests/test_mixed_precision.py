@@ -11,7 +11,8 @@ import pytest
 
 import cvae_onehot
 import denoising_vae
-from training_loops import load_mnist_images, make_dataset, precision
+from image_data import load_mnist_images, make_dataset
+from runs import precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark import CHAPTERS  # noqa: E402  (each model, fed as its script feeds it)

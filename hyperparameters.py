@@ -1,0 +1,121 @@
+"""Command-line flags made from the constants at the top of a chapter.
+
+Plumbing, not part of the lesson. A chapter's "# ## Hyperparameters" block is
+the one place its defaults live; `parse_hyperparameters` reads that block and
+turns every UPPER_CASE constant into a flag (LATENT_DIM becomes
+--latent-dim), with the constant's trailing comment as its help text.
+"""
+
+import argparse
+import ast
+import io
+import math
+import tokenize
+from pathlib import Path
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA"),
+                          choices=None):
+    """Turns a script's top-level UPPER_CASE constants into flags.
+
+    Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
+    the script's "# ## Hyperparameters" section becomes `--lower-case-name`;
+    its trailing comment is its help text and its value the default.
+    Numbers must be positive, except the names in `non_negative`; `choices`
+    maps a NAME to its allowed values. Returns an `argparse.Namespace` with
+    lower-case names, plus `resume` and `explore`.
+    """
+    choices = choices or {}
+    script = Path(script_globals["__file__"])
+    parser = OneLineErrorParser(
+        prog=script.name,
+        description=(script_globals.get("__doc__") or "").strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # a flag is spelled in full: --epoch is not --epochs
+        epilog="MNIST_PATH (environment): a Keras mnist.npz or a folder of the "
+        "four MNIST IDX files to use instead of downloading.",
+    )
+    for name, comment in _top_level_constants(script):
+        default = script_globals[name]
+        flag = "--" + name.lower().replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, default=default, help=comment,
+                                action=argparse.BooleanOptionalAction)
+        elif name in choices:
+            parser.add_argument(flag, default=default, help=comment,
+                                choices=list(choices[name]))
+        else:
+            parser.add_argument(flag, default=default, help=comment, metavar=name,
+                                type=_value_parser(default, name in non_negative))
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run from its last finished epoch",
+    )
+    parser.add_argument(
+        "--explore", action="store_true",
+        help="open the interactive explorer on the model the last run saved in "
+        "--output-dir, instead of training",
+    )
+    return parser.parse_args(argv)
+
+
+HYPERPARAMETER_SECTION = "# ## Hyperparameters"
+
+
+def _top_level_constants(script):
+    """(NAME, trailing comment) for each UPPER_CASE constant assigned at the
+    top level of the script's "# ## Hyperparameters" section."""
+    source = script.read_text()
+    lines = source.splitlines()
+    try:
+        start = lines.index(HYPERPARAMETER_SECTION)
+    except ValueError:
+        raise TypeError(f"{script} has no {HYPERPARAMETER_SECTION!r} line") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# ## ")),
+               len(lines))
+    # `start` and `end` index `lines` from 0; ast and tokenize count from 1.
+    first, last = start + 1, end
+    comments = {
+        token.start[0]: token.string.lstrip("# ").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and first < node.lineno <= last
+                and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id.isupper()):
+            yield node.targets[0].id, comments.get(node.lineno, "")
+
+
+def _value_parser(default, allow_zero):
+    kind = type(default)
+    if kind not in (int, float, str) and not isinstance(default, Path):
+        raise TypeError(f"a hyperparameter cannot be of type {kind.__name__}")
+    if isinstance(default, Path):
+        return Path
+    if kind is str:
+        return str
+    lowest = "non-negative" if allow_zero else "positive"
+    noun = "integer" if kind is int else "number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {lowest} {noun}, got {text!r}"
+            ) from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(
+                f"expected a {lowest} {noun}, got {text!r}"
+            )
+        return value
+
+    return parse

@@ -1,0 +1,239 @@
+"""A chapter's run outside the lesson: its settings, folder, files and clock.
+
+Plumbing, not part of the lesson. `start_run` opens every training run (a
+check that a --resume continues the same run, seeding, config.json) and
+closes it (timings.json, removing the backup). `prepare_output_dir` gets the
+folder ready for `training_loops.train`. Every file is written atomically, so
+an interrupted run leaves the old file or the new one, never half of one.
+"""
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from errors import RunError
+
+# Settings that change neither the model nor the data: they may differ
+# between a run and its --resume.
+RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore"}
+
+
+# ---------------------------------------------------------------------------
+# Starting and finishing a run
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def start_run(config):
+    """`with start_run(config) as stopwatch:` wraps a chapter's training run.
+
+    On entry: refuses a --resume whose settings differ from the run it
+    continues, seeds everything and writes config.json. The chapter calls
+    `stopwatch.lap(phase)` at the end of each phase. On leaving the block
+    without an error: writes timings.json, says where the time went, and
+    removes the backup that allowed --resume, since every output is written.
+    """
+    check_resumable(config, config.output_dir)
+    make_reproducible(config.seed)
+    save_json(vars(config), config.output_dir / "config.json")
+    stopwatch = Stopwatch()
+    yield stopwatch
+    _finish_run(config, stopwatch)
+
+
+def check_resumable(config, output_dir):
+    """Stops a --resume whose settings differ from the run it continues."""
+    saved_path = output_dir / "config.json"
+    if not (config.resume and saved_path.exists()):
+        return
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(json.dumps(vars(config), default=str))
+    # A setting the interrupted run's config.json lacks was added to the
+    # script since; it cannot be compared, so it does not count as changed.
+    changed = sorted(
+        key for key in (current.keys() & saved.keys()) - RUN_ONLY_SETTINGS
+        if saved[key] != current[key]
+    )
+    if changed:
+        details = ", ".join(f"{k}: {saved[k]} -> {current[k]}" for k in changed)
+        print(f"error: --resume with settings that differ from the interrupted run "
+              f"({details}). Use the same values, or start afresh without --resume.",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def make_reproducible(seed):
+    """Same seed, same run: seeds Python, NumPy and TensorFlow (initial
+    weights, shuffling, sampling noise) and asks TensorFlow for deterministic
+    kernels. Two runs then agree to float32 rounding: now and then a loss
+    differs in its 7th significant digit, a difference that remains on this
+    CPU even with deterministic ops and a single thread."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def precision(mixed):
+    """Layers made inside `with precision(mixed):` compute in float32 (the
+    reference's setting) or, if `mixed`, in bfloat16 while their weights, the
+    optimizer state and the losses stay float32 ("mixed_bfloat16"). bfloat16
+    keeps float32's range, so unlike float16 it needs no loss scaling. A
+    layer keeps its precision for good, also when saved and reloaded."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+class Stopwatch:
+    """Wall-clock seconds per phase of a run: `lap("training")` ends the
+    phase that began at the previous lap (or when the stopwatch was made)."""
+
+    def __init__(self):
+        self.seconds = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase):
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+
+def _finish_run(config, stopwatch):
+    total = sum(stopwatch.seconds.values())
+    save_json({**{phase: round(seconds, 2) for phase, seconds in stopwatch.seconds.items()},
+               "total": round(total, 2)}, config.output_dir / "timings.json")
+    discard_backup(config.output_dir)
+    phases = ", ".join(f"{phase} {seconds:.1f} s"
+                       for phase, seconds in stopwatch.seconds.items())
+    print(f"Took {total:.0f} s ({phases}). "
+          f"Wrote the model, metrics, history and figures to {config.output_dir}")
+
+
+# ---------------------------------------------------------------------------
+# The output folder: history, backup, model
+# ---------------------------------------------------------------------------
+
+
+def prepare_output_dir(output_dir, model_name, resume):
+    """Gets `output_dir` ready for `fit` and returns the paths of its
+    history.csv and of its backup folder.
+
+    A fresh run first removes what an earlier run in the same folder left
+    (history, metrics, model, backup), so nothing old sits beside the new
+    config. A --resume keeps the backup and only the rows of history.csv of
+    the epochs the backup holds.
+    """
+    output_dir = Path(output_dir)
+    history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
+    if resume:
+        finished = _finished_epochs(backup_dir)
+        print(f"Resuming after epoch {finished}." if finished
+              else "Nothing to resume: starting from epoch 1.", flush=True)
+        _keep_history_rows(history_path, finished)
+    else:
+        discard_backup(output_dir)
+        for stale in ["history.csv", "metrics.json", "timings.json", f"{model_name}.keras"]:
+            (output_dir / stale).unlink(missing_ok=True)
+    return history_path, backup_dir
+
+
+def discard_backup(output_dir):
+    """Removes the backup once a run has written all its outputs."""
+    shutil.rmtree(Path(output_dir) / "backup", ignore_errors=True)
+
+
+def _finished_epochs(backup_dir):
+    """Epochs finished by an interrupted run, read from its backup."""
+    metadata = backup_dir / "training_metadata.json"  # BackupAndRestore's file
+    if not metadata.exists():
+        return 0
+    return json.loads(metadata.read_text())["epoch"]
+
+
+def _keep_history_rows(history_path, epochs):
+    """Keeps the header and the first `epochs` rows of history.csv."""
+    if not history_path.exists():
+        return
+    if epochs == 0:
+        history_path.unlink()
+        return
+    lines = history_path.read_text().splitlines(keepends=True)
+    with atomic_path(history_path) as temporary:
+        temporary.write_text("".join(lines[: 1 + epochs]))
+
+
+def read_history(history_csv):
+    """history.csv (written by Keras' CSVLogger) -> {column: float array}."""
+    with open(history_csv, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {
+        column: np.array([float(row[column]) if row[column] != "NA" else np.nan
+                          for row in rows])
+        for column in (rows[0] if rows else {})
+    }
+
+
+def load_trained_model(output_dir, model_name):
+    """The model a finished run saved in `output_dir`, or a RunError saying
+    how to train one. `model_name` is also the chapter's script name."""
+    path = Path(output_dir) / f"{model_name}.keras"
+    retrain = f"Train one first: python {model_name}.py --output-dir {path.parent}"
+    if not path.exists():
+        raise RunError(f"no trained model at {path}. {retrain}")
+    vae = keras.models.load_model(path)
+    # Models saved before the decoder handed out logits end in a sigmoid;
+    # `VAE.decode` would apply a second one and draw grey images.
+    if vae.decoder.layers[-1].get_config().get("activation") == "sigmoid":
+        raise RunError(f"{path} was saved by an earlier version of this project, "
+                       f"whose decoder ended in a sigmoid. {retrain}")
+    return vae
+
+
+def load_run_config(output_dir):
+    """The config.json of the run that wrote `output_dir`, as a Namespace."""
+    return argparse.Namespace(**json.loads((Path(output_dir) / "config.json").read_text()))
+
+
+# ---------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path that replaces `path` only if the block succeeds.
+
+    An interrupted run therefore leaves either the old file or the new one,
+    never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_json(data, path):
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_model(model, path):
+    with atomic_path(path) as temporary:
+        model.save(temporary)
