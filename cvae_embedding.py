@@ -13,10 +13,6 @@ per image: ~16,000 is the one-hot chapter's ~130 per image times the batch
 size of 128. Adam's updates barely depend on the scale of the loss, so the
 model learns the same; only the printed numbers are 128 times larger.
 
-As in every chapter, the loss and the training step are read in
-`training_loops.py` (`reconstruction_loss`, `kl_divergence` and
-`VAE.train_step`).
-
 The loss and the training step are the same in all three chapters and are
 read in `training_loops.py` (`reconstruction_loss`, `kl_divergence` and
 `VAE.train_step`); this chapter builds the encoder and decoder they train.

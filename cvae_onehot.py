@@ -17,8 +17,8 @@ The loss and the training step are the same in all three chapters and are
 read in `training_loops.py` (`reconstruction_loss`, `kl_divergence` and
 `VAE.train_step`); this chapter builds the encoder and decoder they train.
 
-Run `python cvae_onehot.py` (about 10 epochs of a few minutes on a laptop
-CPU); `--help` lists every setting. Outputs go to outputs/cvae_onehot/.
+Run `python cvae_onehot.py` (10 epochs, a few minutes on a laptop CPU);
+`--help` lists every setting. Outputs go to outputs/cvae_onehot/.
 """
 
 # ## Setup

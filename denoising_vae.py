@@ -100,8 +100,12 @@ def add_gaussian_noise(images, rng, stddev=0.4):
 def salt_and_pepper(images, rng, fraction=0.1):
     """Sets a random `fraction` of the pixels to black or white at random."""
     damaged = images.copy()
-    hit = rng.uniform(size=images.shape) < fraction
-    damaged[hit] = rng.integers(0, 2, size=int(hit.sum())).astype("float32")
+    # One draw per pixel decides both whether it is hit and its new colour
+    # (the lower half of the hit range is black), so the first images are
+    # damaged alike whether 100 or 10,000 are damaged together.
+    draw = rng.uniform(size=images.shape)
+    hit = draw < fraction
+    damaged[hit] = (draw[hit] >= fraction / 2).astype("float32")
     return damaged
 
 

@@ -1,10 +1,11 @@
 """Expected failures, and how a chapter reports them: one line, no traceback.
 
 A chapter's `if __name__ == "__main__":` hands its `main` to `run_main`. A
-mistake a user can make (a wrong flag value, missing data, a model not yet
-trained) raises a `RunError` whose message says what is wrong and how to fix
-it; `run_main` prints that message alone. Anything else is a bug of ours and
-keeps its traceback.
+failure a user can meet at run time (MNIST not found, a model not yet
+trained, a loss that diverged) raises a `RunError` whose message says what is
+wrong and how to fix it; `run_main` prints that message alone. (A wrong flag
+is caught earlier, by the argument parser, with exit status 2.) Anything
+else is a bug of ours and keeps its traceback.
 """
 
 import sys

@@ -2,6 +2,8 @@
 
 Plumbing, not part of the lesson. What a chapter pairs as model inputs and
 targets (image and label, damaged and clean image) is written in the chapter.
+`IMAGE_SHAPE` and `NUM_CLASSES`, MNIST's, are defined in `mnist.py` and
+handed on from here with the images.
 """
 
 import numpy as np

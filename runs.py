@@ -1,10 +1,18 @@
 """A chapter's run outside the lesson: its settings, folder, files and clock.
 
-Plumbing, not part of the lesson. `start_run` opens every training run (a
-check that a --resume continues the same run, seeding, config.json) and
-closes it (timings.json, removing the backup). `prepare_output_dir` gets the
-folder ready for `training_loops.train`. Every file is written atomically, so
-an interrupted run leaves the old file or the new one, never half of one.
+Plumbing, not part of the lesson:
+
+* `start_run` opens every training run (a check that a --resume continues
+  the same run, seeding with `make_reproducible`, config.json) and closes it
+  (timings.json, removing the backup);
+* `precision` builds a model in float32 or mixed bfloat16;
+* `prepare_output_dir` gets the folder ready for `training_loops.train`;
+  `read_history` reads the history.csv that `fit` writes there;
+* `load_trained_model` and `load_run_config` read back what a finished run
+  saved, for --explore.
+
+Every file is written atomically, so an interrupted run leaves the old file
+or the new one, never half of one.
 """
 
 import argparse
@@ -151,7 +159,8 @@ def prepare_output_dir(output_dir, model_name, resume):
 
 
 def discard_backup(output_dir):
-    """Removes the backup once a run has written all its outputs."""
+    """Removes the backup: when a fresh run starts, and when a run has
+    written all its outputs."""
     shutil.rmtree(Path(output_dir) / "backup", ignore_errors=True)
 
 

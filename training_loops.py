@@ -79,21 +79,22 @@ class Sampling(keras.layers.Layer):
 def reconstruction_loss(targets, logits):
     """Binary cross-entropy summed over the pixels: one value per image.
 
-    Each pixel in [0, 1] is read as the probability that it is "on", so the
-    decoder's output is a Bernoulli likelihood per pixel and the loss is its
-    negative log, -log p(x | z).
+    The decoder's logit l for a pixel sets the probability sigmoid(l) that
+    the pixel is "on" (a Bernoulli distribution; MNIST's grey levels in
+    [0, 1] are used as soft targets x), and the loss is the negative log
+    likelihood -log p(x | z) = -sum[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))].
 
     The reference's decoder ends in a sigmoid and takes the cross-entropy of
     its output. Ours hands out the sigmoid's input, the logits, and the loss
-    is computed from them: -[x * log(sigmoid(l)) + (1 - x) * log(1 - sigmoid(l))]
-    rewritten so that no sigmoid is ever rounded to exactly 0 or 1. From
-    probabilities, a saturated pixel (a logit beyond about +-17 in float32)
-    gives log(0); Keras then clips the probability to [1e-7, 1 - 1e-7], which
-    caps that pixel's loss at about 16 however wrong the pixel is. (Keras'
-    TensorFlow backend can recover the logits behind a sigmoid inside a
-    compiled `train_step`, but not when the loss is computed eagerly: the
-    same model would then report two different losses.) The numbers are the
-    same as the reference's wherever the sigmoid does not saturate.
+    is computed from them, in a form that never takes the log of a rounded
+    sigmoid. Computed from probabilities, Keras clips each one to
+    [1e-7, 1 - 1e-7], which caps a pixel's loss at -log(1e-7), about 16, once
+    its logit is beyond about 16 in the wrong direction, however wrong the
+    pixel is (and above about +17 the float32 sigmoid is exactly 1). Keras'
+    TensorFlow backend does recover the logits behind a sigmoid inside a
+    compiled `train_step`, but not when the loss is computed eagerly, so the
+    same model would report two different losses. Wherever no logit is
+    beyond about 16, the numbers are the reference's.
     """
     per_pixel = ops.binary_crossentropy(targets, logits, from_logits=True)
     return ops.sum(per_pixel, axis=(1, 2, 3))  # height, width, channels
@@ -264,7 +265,12 @@ class VAE(keras.Model):
         }
 
     def train_step(self, data):
+        """One gradient step on one batch; `fit` calls it for every batch."""
+        # `data` is one batch of (inputs, targets) pairs (sample weights, if
+        # any, are not used).
         inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # The tape records the forward pass (encode, sample, decode, losses),
+        # so it can differentiate the total loss with respect to every weight.
         with tf.GradientTape() as tape:
             losses = self.batch_losses(inputs, targets, training=True)
         gradients = tape.gradient(losses["loss"], self.trainable_weights)
@@ -272,6 +278,9 @@ class VAE(keras.Model):
         return self._update_trackers(losses)
 
     def test_step(self, data):
+        """The same losses without a gradient step; `fit` calls it on the
+        validation data after each epoch, `evaluate` on any data. z is still
+        sampled, so the test loss carries a little sampling noise."""
         inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self._update_trackers(self.batch_losses(inputs, targets))
 
@@ -319,7 +328,8 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
     `extra_callbacks` run after these (the benchmark's timer is one).
     Returns `fit`'s History.
     """
-    # The reference's optimizer: Adam, at Keras' default rate of 1e-3.
+    # The reference's optimizer is Adam (at Keras' default rate, 1e-3, which
+    # is LEARNING_RATE's default).
     vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
     history_path, backup_dir = prepare_output_dir(output_dir, vae.name, resume)
     callbacks = [

@@ -153,7 +153,7 @@ def plot_training_curves(history_csv, path, loss_scale, beta):
         axes.legend()
     # The scale is a long phrase for some chapters: it goes in the title,
     # where it has the figure's whole width, rather than along each y axis.
-    figure.suptitle(f"Training curves (each loss is a {loss_scale})")
+    figure.suptitle(f"Training curves ({loss_scale})")
     return save_figure(figure, path)
 
 
@@ -282,7 +282,7 @@ def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
     mosaics = [tile_images(images[i * NUM_CLASSES:(i + 1) * NUM_CLASSES], 2, NUM_CLASSES // 2)
                for i in range(frames)]
 
-    figure = Figure(figsize=(9.6, 4.0), dpi=100, layout="constrained")
+    figure = Figure(figsize=(9.6, 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)  # draws off-screen, so the GIF needs no display
     plane, digits_axes = figure.subplots(1, 2, width_ratios=[1, 2.2])
     plane.plot(*np.vstack([path_points, path_points[:1]]).T, color="lightgrey")

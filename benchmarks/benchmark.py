@@ -67,7 +67,8 @@ PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras polic
 
 class Chapter(NamedTuple):
     build: Callable  # () -> a fresh VAE, as the script builds it
-    feed: Callable  # (images, digits) -> (inputs, targets): the script's own pairing
+    # (images, digits) -> (inputs, targets): the script's own pairing
+    inputs_and_targets: Callable
     shuffle_buffer: int | None  # None: the whole training set
 
 
@@ -85,7 +86,8 @@ CHAPTERS = {
     ),
     "denoising_vae": Chapter(
         lambda: denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0),
-        lambda images, digits: denoising_vae.inputs_and_targets(images, "blur", seed=0),
+        lambda images, digits: denoising_vae.inputs_and_targets(
+            images, denoising_vae.CORRUPTION, seed=0),
         denoising_vae.SHUFFLE_BUFFER,
     ),
 }
@@ -184,11 +186,11 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats):
     """`repeats` epochs through `training_loops.train`, after one warm-up
     epoch that traces the graph."""
     vae = chapter.build()
-    train_inputs, train_targets = chapter.feed(*train_set)
+    train_inputs, train_targets = chapter.inputs_and_targets(*train_set)
     shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
     train_data = make_dataset(train_inputs, train_targets, batch_size,
                               shuffle_buffer=shuffle_buffer, seed=0)
-    test_data = make_dataset(*chapter.feed(*test_set), batch_size)
+    test_data = make_dataset(*chapter.inputs_and_targets(*test_set), batch_size)
     timer = StepTimer()
     # fit's per-epoch lines are hidden, so the benchmark prints only its table.
     with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
@@ -205,7 +207,7 @@ def bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile
     """Median ms of a tf.function gradient step on one fixed batch, for each
     of `repeats` runs of `steps` steps: the framework floor."""
     vae = chapter.build()
-    inputs, targets = chapter.feed(*train_set)
+    inputs, targets = chapter.inputs_and_targets(*train_set)
     batch_inputs = tf.nest.map_structure(lambda a: tf.constant(a[:batch_size]), inputs)
     batch_targets = tf.constant(targets[:batch_size])
     optimizer = keras.optimizers.Adam(1e-3)

@@ -59,8 +59,9 @@ def test_the_batch_sum_is_the_per_image_loss_times_the_batch_size():
     twin.set_weights(vae.get_weights())
     z_mean, z_log_var = (keras.ops.convert_to_numpy(t) for t in twin.encode(images, labels))
     z = keras.ops.convert_to_numpy(twin.sampling([z_mean, z_log_var]))
-    decoded = np.clip(keras.ops.convert_to_numpy(twin.decode(z, labels)), 1e-7, 1 - 1e-7)
-    bce = -(targets * np.log(decoded) + (1 - targets) * np.log(1 - decoded))
+    logits = np.float64(keras.ops.convert_to_numpy(twin.decode_logits(z, labels)))
+    # -[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], written as softplus(l) - x l.
+    bce = np.logaddexp(0.0, logits) - targets * logits
     reconstruction = bce.reshape(len(bce), -1).sum(axis=1)
     kl = 0.5 * np.sum(z_mean**2 + np.exp(z_log_var) - 1 - z_log_var, axis=1)
 

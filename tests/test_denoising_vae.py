@@ -67,6 +67,15 @@ def test_every_corruption_keeps_shape_dtype_and_range_and_damages(digits, corrup
     np.testing.assert_array_equal(denoising_vae.corrupt(digits, corruption, seed=1), damaged)
 
 
+@pytest.mark.parametrize("corruption", sorted(denoising_vae.CORRUPTIONS))
+def test_the_first_images_are_damaged_alike_however_many_are_damaged(digits, corruption):
+    # The explorer damages 100 test digits and must show what the run's
+    # 10,000 were given.
+    few = denoising_vae.corrupt(digits[:10], corruption, seed=3)
+    many = denoising_vae.corrupt(digits, corruption, seed=3)
+    np.testing.assert_array_equal(few, many[:10])
+
+
 def test_occlusion_blanks_one_square_of_the_given_size_over_ink(digits):
     ones = np.ones((50, 28, 28, 1), "float32")
     damaged = denoising_vae.occlude(ones, np.random.default_rng(0), size=10)

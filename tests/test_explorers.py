@@ -13,6 +13,7 @@ import denoising_vae
 import errors
 import image_data
 import visualization_utils
+from training_loops import VAE
 from visualization_utils import LatentExplorer, RestorationExplorer
 
 
@@ -160,3 +161,22 @@ def test_the_traversal_gif_loops_through_the_latent_plane(tmp_path):
     assert steps[0] < 1.0
     with Image.open(path) as gif:
         assert gif.n_frames == 12
+
+
+def test_explore_refuses_a_model_whose_decoder_still_ends_in_a_sigmoid(tmp_path, capsys,
+                                                                      monkeypatch):
+    # Saved by an earlier version of the project: `decode` would apply a
+    # second sigmoid on top and draw grey images.
+    z, labels = keras.Input((2,)), keras.Input((10,))
+    x = keras.layers.Dense(28 * 28)(keras.layers.Concatenate()([z, labels]))
+    x = keras.layers.Reshape((28, 28, 1))(x)
+    images = keras.layers.Conv2DTranspose(1, 3, padding="same", activation="sigmoid")(x)
+    old = VAE(cvae_onehot.build_encoder(2), keras.Model([z, labels], images), name="cvae_onehot")
+    old.save(tmp_path / "cvae_onehot.keras")
+    pretend_there_is_a_display(monkeypatch, cvae_onehot)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: cvae_onehot.main(["--explore", "--output-dir", str(tmp_path)]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "earlier version" in error and "ended in a sigmoid" in error
+    assert f"python cvae_onehot.py --output-dir {tmp_path}" in error

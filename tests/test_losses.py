@@ -31,10 +31,10 @@ def test_reconstruction_loss_is_bce_summed_over_pixels():
 
 
 def test_reconstruction_loss_stays_exact_where_the_sigmoid_saturates():
-    # Logits of +-40: the sigmoid rounds to exactly 1 or 0 in float32. A pixel
-    # that is confidently wrong must cost its full 40 nats, not the ~16 that
-    # clipping the probability to [1e-7, 1 - 1e-7] would give, and a pixel
-    # that is confidently right almost nothing.
+    # Logits of +-40: the float32 sigmoid of +40 is exactly 1, and the loss
+    # from probabilities clipped to [1e-7, 1 - 1e-7] would charge at most
+    # ~16 for a pixel. A pixel that is confidently wrong must cost its full
+    # 40 nats, and a pixel that is confidently right almost nothing.
     targets = np.zeros((2, 28, 28, 1), "float32")
     targets[1] = 1.0
     logits = np.full((2, 28, 28, 1), 40.0, "float32")

@@ -13,6 +13,7 @@ import cvae_onehot
 import denoising_vae
 from image_data import load_mnist_images, make_dataset
 from runs import precision
+from training_loops import kl_divergence, reconstruction_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark import CHAPTERS  # noqa: E402  (each model, fed as its script feeds it)
@@ -26,27 +27,27 @@ def posterior_mean_losses(vae, inputs, targets):
     one value per image each."""
     images, labels = inputs if vae.conditional else (inputs, None)
     z_mean, z_log_var = vae.encode(images, labels)
-    reconstruction = keras.losses.binary_crossentropy(targets, vae.decode(z_mean, labels))
-    kl = -0.5 * keras.ops.sum(1 + z_log_var - z_mean**2 - keras.ops.exp(z_log_var), axis=-1)
-    return (keras.ops.convert_to_numpy(keras.ops.sum(reconstruction, axis=(1, 2))),
-            keras.ops.convert_to_numpy(kl))
+    reconstruction = reconstruction_loss(targets, vae.decode_logits(z_mean, labels))
+    return (keras.ops.convert_to_numpy(reconstruction),
+            keras.ops.convert_to_numpy(kl_divergence(z_mean, z_log_var)))
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_bfloat16_gives_the_float32_losses_of_a_trained_model(chapter, small_mnist):
-    build, feed, _ = CHAPTERS[chapter]
+    build, inputs_and_targets, _ = CHAPTERS[chapter]
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(1024, 64)
     full = build()
     full.compile(optimizer=keras.optimizers.Adam(2e-3))
     # One short epoch takes the outputs near 0 and 1, where rounding matters.
-    full.fit(make_dataset(*feed(train_images, train_digits), batch_size=64),
+    full.fit(make_dataset(*inputs_and_targets(train_images, train_digits), batch_size=64),
              shuffle=False, verbose=0)
     with precision(mixed=True):
         mixed = build()
     mixed.set_weights(full.get_weights())
     assert mixed.decoder.layers[-2].compute_dtype == "bfloat16"
+    assert mixed.decoder.layers[-1].compute_dtype == "float32"  # the pixel logits
     assert all(weight.dtype == "float32" for weight in mixed.weights)
-    inputs, targets = feed(test_images, test_digits)
+    inputs, targets = inputs_and_targets(test_images, test_digits)
     (full_reconstruction, full_kl), (mixed_reconstruction, mixed_kl) = (
         posterior_mean_losses(vae, inputs, targets) for vae in (full, mixed))
     # The output layers compute in float32, so the losses read float32 values.
