@@ -7,7 +7,8 @@ Plumbing, not part of the lesson:
   (timings.json, removing the backup);
 * `precision` builds a model in float32 or mixed bfloat16;
 * `prepare_output_dir` gets the folder ready for `training_loops.train`;
-  `read_history` reads the history.csv that `fit` writes there;
+  `read_history` reads the history.csv that `fit` writes there, and
+  `AllOrNothingBackup` keeps the backup that --resume continues from;
 * `load_trained_model` and `load_run_config` read back what a finished run
   saved, for --explore.
 
@@ -147,6 +148,7 @@ def prepare_output_dir(output_dir, model_name, resume):
     output_dir = Path(output_dir)
     history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
     if resume:
+        recover_backup(backup_dir)
         finished = _finished_epochs(backup_dir)
         print(f"Resuming after epoch {finished}." if finished
               else "Nothing to resume: starting from epoch 1.", flush=True)
@@ -161,7 +163,61 @@ def prepare_output_dir(output_dir, model_name, resume):
 def discard_backup(output_dir):
     """Removes the backup: when a fresh run starts, and when a run has
     written all its outputs."""
-    shutil.rmtree(Path(output_dir) / "backup", ignore_errors=True)
+    backup_dir = Path(output_dir) / "backup"
+    for folder in (backup_dir, *_backup_siblings(backup_dir)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class AllOrNothingBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, safe against a stop at any instant.
+
+    Keras writes its backup (the weights with the optimizer state, and the
+    number of finished epochs) in place, so a run stopped while it writes
+    leaves a backup that cannot be loaded, and --resume fails. Here each
+    epoch's backup is first written whole into a folder of its own, which
+    then takes the place of the previous backup by two renames. At every
+    instant one complete backup exists: `backup/`, or, between the two
+    renames, `backup.previous/`, which `recover_backup` puts back.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        recover_backup(self.backup_dir)
+        super().on_train_begin(logs)  # restores weights, optimizer and epoch
+
+    def _save_model(self):
+        backup_dir = Path(self.backup_dir)
+        staging, previous = _backup_siblings(backup_dir)
+        recover_backup(backup_dir)
+        staging.mkdir(parents=True)
+        self.model.save_weights(staging / Path(self._weights_path).name)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        (staging / Path(self._training_metadata_path).name).write_text(json.dumps(metadata))
+        if backup_dir.exists():
+            os.replace(backup_dir, previous)
+        os.replace(staging, backup_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_backup(backup_dir):
+    """Leaves `backup_dir` holding the last complete backup, if any: drops a
+    backup that was still being written, and puts back the previous one
+    where a run stopped between the two renames."""
+    backup_dir = Path(backup_dir)
+    staging, previous = _backup_siblings(backup_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    if previous.exists() and not backup_dir.exists():
+        os.replace(previous, backup_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _backup_siblings(backup_dir):
+    """The folders beside the backup: the one being written, and the one
+    being replaced."""
+    return (backup_dir.with_name(backup_dir.name + ".partial"),
+            backup_dir.with_name(backup_dir.name + ".previous"))
 
 
 def _finished_epochs(backup_dir):

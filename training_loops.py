@@ -29,7 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from errors import TrainingDiverged
-from runs import prepare_output_dir, save_model
+from runs import AllOrNothingBackup, prepare_output_dir, save_model
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under
 
@@ -323,7 +323,8 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
     """Trains `vae` with Adam and `fit`, then saves it as <name>.keras.
 
     Keras' callbacks do the bookkeeping: CSVLogger writes one row of
-    history.csv per finished epoch, BackupAndRestore saves the weights,
+    history.csv per finished epoch, BackupAndRestore (here in a version that
+    writes all or nothing, from runs.py) saves the weights,
     the optimizer state and the epoch number at the end of each epoch (and
     restores them when a run starts again with `resume=True`), and
     TerminateOnNaN stops a run whose loss diverged. The backup outlives
@@ -341,8 +342,8 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
         # CSVLogger comes before the backup: if a run stops between the two,
         # the row of an epoch that was not backed up is dropped on resume.
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
-                                         delete_checkpoint=False),
+        # Keras' BackupAndRestore, made safe against a stop while it writes.
+        AllOrNothingBackup(backup_dir),
         *extra_callbacks,
     ]
     history = vae.fit(

@@ -4,6 +4,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import h5py
 import keras
 import matplotlib.image
 import numpy as np
@@ -14,7 +15,7 @@ import errors
 import mnist
 from errors import TrainingDiverged
 from image_data import make_dataset
-from runs import read_history
+from runs import AllOrNothingBackup, read_history
 from training_loops import train
 
 FIGURES = ["latent_space.png", "generated_digits.png", "reconstructions.png",
@@ -113,7 +114,7 @@ STEPS_PER_EPOCH = 1024 // 64
 def interrupt_backup_at_epoch(monkeypatch, epoch, before_saving=False):
     """Raises KeyboardInterrupt, like Ctrl-C, when BackupAndRestore is about to
     save (or has just saved) the backup of `epoch` (counted from 0)."""
-    original = keras.callbacks.BackupAndRestore._save_model
+    original = AllOrNothingBackup._save_model
 
     def save_then_maybe_interrupt(callback):
         finished_epoch = callback._current_epoch - 1
@@ -123,7 +124,7 @@ def interrupt_backup_at_epoch(monkeypatch, epoch, before_saving=False):
         if finished_epoch == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model",
+    monkeypatch.setattr(AllOrNothingBackup, "_save_model",
                         save_then_maybe_interrupt)
 
 
@@ -168,6 +169,61 @@ def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small
     assert history_epochs(tmp_path) == ["0", "1"]
     run_script(tmp_path, "--epochs", "3", "--resume")
     assert history_epochs(tmp_path) == ["0", "1", "2"]
+
+
+def test_a_stop_while_the_backup_is_written_resumes_from_the_last_complete_one(
+        tmp_path, small_mnist, monkeypatch, capsys):
+    # Ctrl-C lands in the middle of writing epoch 2's weights: Keras' own
+    # BackupAndRestore then left a weights file that could not be loaded.
+    original_save_weights = keras.Model.save_weights
+    saves = []
+
+    def save_weights_interrupted_midway(model, filepath, **kwargs):
+        saves.append(filepath)
+        if len(saves) < 2:
+            return original_save_weights(model, filepath, **kwargs)
+        written = []
+        original_create_dataset = h5py.Group.create_dataset
+
+        def create_dataset_then_stop(group, *args, **kwargs):
+            written.append(1)
+            if len(written) > 5:
+                raise KeyboardInterrupt
+            return original_create_dataset(group, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(h5py.Group, "create_dataset", create_dataset_then_stop)
+            original_save_weights(model, filepath, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights_interrupted_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(tmp_path, "--epochs", "3")
+    monkeypatch.undo()
+    assert len(saves) == 2  # stopped while writing the second epoch's backup
+
+    capsys.readouterr()
+    vae = run_script(tmp_path, "--epochs", "3", "--resume")
+    assert "Resuming after epoch 1." in capsys.readouterr().out
+    assert history_epochs(tmp_path) == ["0", "1", "2"]
+    assert int(vae.optimizer.iterations) == 3 * STEPS_PER_EPOCH
+
+
+def test_a_stop_between_the_backups_two_renames_loses_nothing(tmp_path, small_mnist,
+                                                             monkeypatch, capsys):
+    interrupt_backup_at_epoch(monkeypatch, epoch=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(tmp_path, "--epochs", "2")
+    monkeypatch.undo()
+    # As if killed after the old backup was moved aside, before the new one
+    # took its place: only backup.previous/ and a half-written backup.partial/.
+    (tmp_path / "backup").rename(tmp_path / "backup.previous")
+    (tmp_path / "backup.partial").mkdir()
+    (tmp_path / "backup.partial" / "latest.weights.h5").write_bytes(b"half a file")
+    capsys.readouterr()
+    run_script(tmp_path, "--epochs", "2", "--resume")
+    assert "Resuming after epoch 1." in capsys.readouterr().out
+    assert history_epochs(tmp_path) == ["0", "1"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("backup")]
 
 
 def test_a_run_stopped_after_training_resumes_without_training_again(tmp_path, small_mnist, monkeypatch, capsys):
