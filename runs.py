@@ -52,6 +52,7 @@ def start_run(config):
     without an error: writes timings.json, says where the time went, and
     removes the backup that allowed --resume, since every output is written.
     """
+    check_output_dir(config.output_dir)
     check_resumable(config, config.output_dir)
     make_reproducible(config.seed)
     save_json(vars(config), config.output_dir / "config.json")
@@ -60,10 +61,31 @@ def start_run(config):
     _finish_run(config, stopwatch)
 
 
+def check_output_dir(output_dir):
+    """Makes `output_dir` if needed, or says in one line why it cannot be used."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunError(f"--output-dir {output_dir} is a file, not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot make --output-dir {output_dir}: {error.strerror}") from None
+    if not os.access(output_dir, os.W_OK):
+        raise RunError(f"--output-dir {output_dir} is not writable")
+
+
 def check_resumable(config, output_dir):
-    """Stops a --resume whose settings differ from the run it continues."""
+    """Stops a --resume of a run that finished, or whose settings differ from
+    the run it continues, before anything is written."""
+    if not config.resume:
+        return
+    backup_dir = output_dir / "backup"
+    recover_backup(backup_dir)
+    if _finished_epochs(backup_dir) == 0 and (output_dir / "metrics.json").exists():
+        raise RunError(f"nothing to resume in {output_dir}: its run finished (the backup "
+                       "is removed once every output is written). Run without --resume "
+                       "to train anew.")
     saved_path = output_dir / "config.json"
-    if not (config.resume and saved_path.exists()):
+    if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
     current = json.loads(json.dumps(vars(config), default=str))

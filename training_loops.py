@@ -84,21 +84,11 @@ def reconstruction_loss(targets, logits):
     [0, 1] are used as soft targets x), and the loss is the negative log
     likelihood -log p(x | z) = -sum[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))].
 
-    The reference's decoder ends in a sigmoid and takes the cross-entropy of
-    its output. Ours hands out the sigmoid's input, the logits, and the loss
-    is computed from them, in a form that never takes the log of a rounded
-    sigmoid. From probabilities alone, Keras has to clip each one to
-    [1e-7, 1 - 1e-7], which caps a pixel's loss at -log(1e-7), about 16, once
-    its logit is beyond about 16 in the wrong direction, however wrong the
-    pixel is (above about +17 the float32 sigmoid is exactly 1). Keras'
-    TensorFlow backend quietly rescues the reference's code: a sigmoid
-    activation pins its input to the tensor it returns, and
-    `binary_crossentropy` uses those logits when it finds them. But only that
-    very tensor carries them: after a slice, or a trip through NumPy as
-    `predict` makes, the capped loss comes back without a word (measured: 16
-    instead of 40 per pixel at a logit of 40). Written with the logits, the
-    loss is exact wherever it is computed, and its numbers are the
-    reference's.
+    Why from the logits: the reference takes the cross-entropy of the
+    sigmoid's output, and a probability that rounds to 0 or 1 has no usable
+    log, so Keras clips it, which caps a confidently wrong pixel's loss at
+    about 16. From the logits the loss is exact for any pixel, and otherwise
+    the same number (the README's Chapter 1 shows how Keras hides this).
     """
     per_pixel = ops.binary_crossentropy(targets, logits, from_logits=True)
     return ops.sum(per_pixel, axis=(1, 2, 3))  # height, width, channels
@@ -186,6 +176,7 @@ class VAE(keras.Model):
         self.kl_reduction = kl_reduction
         self.seed = seed
         self.sampling = Sampling(seed=seed, name="sampling")
+        # A decoder that takes [z, labels] makes this a conditional VAE.
         self.conditional = len(decoder.inputs) == 2
         # The tracker of the total is named "loss": the name Keras' progress
         # bar, CSVLogger and TerminateOnNaN look for.
@@ -245,6 +236,8 @@ class VAE(keras.Model):
         return z_mean, z_log_var, self.decode_logits(z, labels, training=training)
 
     def call(self, inputs, training=False):
+        """`vae(inputs)`: one reconstruction through a sampled z, so it
+        varies from call to call. The figures decode z_mean instead."""
         return ops.sigmoid(self._encode_sample_decode(inputs, training)[-1])
 
     def per_image_losses(self, inputs, targets, training=False):
@@ -289,10 +282,14 @@ class VAE(keras.Model):
         return self._update_trackers(self.batch_losses(inputs, targets))
 
     def _update_trackers(self, losses):
+        # Each tracker is named after the loss it averages.
         for tracker in self.metrics:
             tracker.update_state(losses[tracker.name])
         return {tracker.name: tracker.result() for tracker in self.metrics}
 
+    # get_config and from_config describe the VAE's parts and settings, so
+    # that `vae.save(...)` writes them and `keras.models.load_model` rebuilds
+    # the model (the class is registered above).
     def get_config(self):
         return {
             **super().get_config(),

@@ -242,16 +242,51 @@ def test_a_run_stopped_after_training_resumes_without_training_again(tmp_path, s
     assert (tmp_path / "generated_digits.png").exists()
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys):
+def test_resume_of_a_finished_run_is_refused_and_changes_nothing(tmp_path, small_mnist,
+                                                                 capsys):
     run_script(tmp_path, "--epochs", "1")
+    before = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: run_script(tmp_path, "--epochs", "1", "--resume"))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "nothing to resume" in error and "finished" in error
+    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("make_bad_dir, message", [
+    (lambda tmp: (tmp / "a_file").write_text("x") and tmp / "a_file", "is a file, not a folder"),
+    (lambda tmp: (tmp / "a_file").write_text("x") and tmp / "a_file" / "below",
+     "cannot make --output-dir"),
+])
+def test_an_unusable_output_dir_gets_one_line(tmp_path, make_bad_dir, message, capsys):
+    bad_dir = make_bad_dir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: run_script(bad_dir, "--epochs", "1"))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error and str(bad_dir) in error
+
+
+def interrupted_after_one_epoch(output_dir, monkeypatch):
+    """A two-epoch run stopped by Ctrl-C once epoch 1 is backed up."""
+    interrupt_backup_at_epoch(monkeypatch, epoch=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(output_dir, "--epochs", "2")
+    monkeypatch.undo()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, monkeypatch):
+    interrupted_after_one_epoch(tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         run_script(tmp_path, "--epochs", "2", "--latent-dim", "3", "--resume")
     assert exit_info.value.code == 2
     assert "latent_dim: 2 -> 3" in capsys.readouterr().err
 
 
-def test_resume_accepts_a_run_from_before_a_setting_was_added(tmp_path, small_mnist):
-    run_script(tmp_path, "--epochs", "1")
+def test_resume_accepts_a_run_from_before_a_setting_was_added(tmp_path, small_mnist,
+                                                              monkeypatch):
+    interrupted_after_one_epoch(tmp_path, monkeypatch)
     config = json.loads((tmp_path / "config.json").read_text())
     del config["beta"]  # as written before BETA existed
     (tmp_path / "config.json").write_text(json.dumps(config))

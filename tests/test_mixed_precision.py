@@ -76,8 +76,14 @@ def test_a_mixed_precision_run_trains_saves_and_reloads(tmp_path, small_mnist):
     np.testing.assert_array_equal(decoded, keras.ops.convert_to_numpy(vae.decode(z, labels)))
 
 
-def test_resume_with_another_precision_is_refused(tmp_path, small_mnist, capsys):
-    cvae_onehot.main([*SMALL_RUN, "--output-dir", str(tmp_path)])
+def test_resume_with_another_precision_is_refused(tmp_path, small_mnist, capsys, monkeypatch):
+    def stopped_while_drawing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cvae_onehot, "save_figures", stopped_while_drawing)
+    with pytest.raises(KeyboardInterrupt):
+        cvae_onehot.main([*SMALL_RUN, "--output-dir", str(tmp_path)])
+    monkeypatch.undo()
     with pytest.raises(SystemExit) as exit_info:
         cvae_onehot.main([*SMALL_RUN, "--mixed-precision", "--resume",
                           "--output-dir", str(tmp_path)])
