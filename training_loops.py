@@ -87,8 +87,9 @@ def reconstruction_loss(targets, logits):
     Why from the logits: the reference takes the cross-entropy of the
     sigmoid's output, and a probability that rounds to 0 or 1 has no usable
     log, so Keras clips it, which caps a confidently wrong pixel's loss at
-    about 16. From the logits the loss is exact for any pixel, and otherwise
-    the same number (the README's Chapter 1 shows how Keras hides this).
+    about 16. From the logits the loss is exact for any pixel, and wherever
+    nothing saturates it is the same number (the README's Chapter 1 shows
+    how Keras hides the difference).
     """
     per_pixel = ops.binary_crossentropy(targets, logits, from_logits=True)
     return ops.sum(per_pixel, axis=(1, 2, 3))  # height, width, channels
@@ -321,10 +322,10 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
 
     Keras' callbacks do the bookkeeping: CSVLogger writes one row of
     history.csv per finished epoch, BackupAndRestore (here in a version that
-    writes all or nothing, from runs.py) saves the weights,
-    the optimizer state and the epoch number at the end of each epoch (and
-    restores them when a run starts again with `resume=True`), and
-    TerminateOnNaN stops a run whose loss diverged. The backup outlives
+    writes all or nothing, from runs.py) saves the weights, the optimizer
+    state and the epoch number at the end of each epoch (and restores them
+    when a run starts again with `resume=True`), and TerminateOnNaN stops a
+    run whose loss diverged. The backup outlives
     `fit`, so a run stopped while it evaluates or draws still resumes without
     training again; the run removes it once every output is written.
     `extra_callbacks` run after these (the benchmark's timer is one).
