@@ -53,7 +53,8 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
                                 choices=list(choices[name]))
         else:
             parser.add_argument(flag, default=default, help=comment, metavar=name,
-                                type=_value_parser(default, name in non_negative))
+                                type=_value_parser(default, name in non_negative,
+                                                   INTEGER_LIMITS.get(name, INTEGER_LIMIT)))
     parser.add_argument(
         "--resume", action="store_true",
         help="continue an interrupted run from its last finished epoch",
@@ -94,7 +95,14 @@ def _top_level_constants(script):
             yield node.targets[0].id, comments.get(node.lineno, "")
 
 
-def _value_parser(default, allow_zero):
+# The largest integer a flag may take: TensorFlow counts sizes in int32, and
+# NumPy's seed must fit in 32 unsigned bits. Larger values would fail with a
+# traceback deep inside either library, after the data has loaded.
+INTEGER_LIMIT = 2**31 - 1
+INTEGER_LIMITS = {"SEED": 2**32 - 1}
+
+
+def _value_parser(default, allow_zero, integer_limit):
     kind = type(default)
     if kind not in (int, float, str) and not isinstance(default, Path):
         raise TypeError(f"a hyperparameter cannot be of type {kind.__name__}")
@@ -115,6 +123,10 @@ def _value_parser(default, allow_zero):
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(
                 f"expected a {lowest} {noun}, got {text!r}"
+            )
+        if kind is int and value > integer_limit:
+            raise argparse.ArgumentTypeError(
+                f"expected a {lowest} {noun} of at most {integer_limit:,}, got {text!r}"
             )
         return value
 

@@ -26,6 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: runs there are not guarded
+    fcntl = None
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -46,19 +51,36 @@ RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore"}
 def start_run(config):
     """`with start_run(config) as stopwatch:` wraps a chapter's training run.
 
-    On entry: refuses a --resume whose settings differ from the run it
+    On entry: takes the output folder for this run alone, refuses a --resume
+    of a finished run or with settings that differ from the run it
     continues, seeds everything and writes config.json. The chapter calls
     `stopwatch.lap(phase)` at the end of each phase. On leaving the block
     without an error: writes timings.json, says where the time went, and
     removes the backup that allowed --resume, since every output is written.
     """
     check_output_dir(config.output_dir)
-    check_resumable(config, config.output_dir)
-    make_reproducible(config.seed)
-    save_json(vars(config), config.output_dir / "config.json")
-    stopwatch = Stopwatch()
-    yield stopwatch
-    _finish_run(config, stopwatch)
+    with exclusive_use(config.output_dir):
+        check_resumable(config, config.output_dir)
+        make_reproducible(config.seed)
+        save_json(vars(config), config.output_dir / "config.json")
+        stopwatch = Stopwatch()
+        yield stopwatch
+        _finish_run(config, stopwatch)
+
+
+@contextlib.contextmanager
+def exclusive_use(output_dir):
+    """Holds a lock on `output_dir` for one run at a time, or raises a
+    RunError naming the folder. The operating system drops the lock when the
+    process ends, however it ends, so a killed run leaves no stale lock."""
+    with open(output_dir / ".run.lock", "a") as lock_file:  # "a": never rewritten
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(f"another run is using {output_dir}: wait for it to end, "
+                               "or give this one another --output-dir") from None
+        yield
 
 
 def check_output_dir(output_dir):

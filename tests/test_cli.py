@@ -41,6 +41,9 @@ def test_flags_override_the_constants_with_their_types():
     (["--learning-rate", "fast"], "argument --learning-rate: expected a positive number"),
     (["--learning-rate", "nan"], "argument --learning-rate: expected a positive number"),
     (["--seed", "-1"], "argument --seed: expected a non-negative integer"),
+    (["--seed", "4294967296"], "expected a non-negative integer of at most 4,294,967,295"),
+    (["--batch-size", "100000000000000000000"],
+     "argument --batch-size: expected a positive integer of at most 2,147,483,647"),
     (["--epoch", "3"], "unrecognized arguments: --epoch 3"),
 ])
 def test_bad_values_exit_2_with_a_one_line_error(argv, message, capsys):
@@ -50,6 +53,10 @@ def test_bad_values_exit_2_with_a_one_line_error(argv, message, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert error.startswith("cvae_onehot.py: error: ") and message in error
+
+
+def test_the_largest_seed_numpy_accepts_is_taken():
+    assert parse(["--seed", str(2**32 - 1)]).seed == 2**32 - 1
 
 
 def test_help_lists_every_hyperparameter_with_its_default_and_comment(capsys):

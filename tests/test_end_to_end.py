@@ -276,6 +276,21 @@ def interrupted_after_one_epoch(output_dir, monkeypatch):
     monkeypatch.undo()
 
 
+def test_a_second_run_into_a_folder_in_use_gets_one_line(tmp_path, small_mnist, capsys):
+    # The first run holds the folder's lock, as a run in another process would.
+    fcntl = pytest.importorskip("fcntl")
+    with open(tmp_path / ".run.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as exit_info:
+            errors.run_main(lambda: run_script(tmp_path, "--epochs", "1"))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"another run is using {tmp_path}" in error
+    assert not (tmp_path / "config.json").exists()  # it wrote nothing
+    run_script(tmp_path, "--epochs", "1")  # free again once the first run ends
+    assert (tmp_path / "metrics.json").exists()
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, monkeypatch):
     interrupted_after_one_epoch(tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
