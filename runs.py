@@ -37,9 +37,9 @@ import tensorflow as tf
 
 from errors import RunError
 
-# Settings that change neither the model nor the data: they may differ
-# between a run and its --resume.
-RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore"}
+# Settings that change neither the model nor the data, or that only shape a
+# figure: they may differ between a run and its --resume.
+RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore", "examples_shown"}
 
 
 # ---------------------------------------------------------------------------
@@ -102,10 +102,14 @@ def check_resumable(config, output_dir):
         return
     backup_dir = output_dir / "backup"
     recover_backup(backup_dir)
-    if _finished_epochs(backup_dir) == 0 and (output_dir / "metrics.json").exists():
+    finished = _finished_epochs(backup_dir)
+    if finished == 0 and (output_dir / "metrics.json").exists():
         raise RunError(f"nothing to resume in {output_dir}: its run finished (the backup "
                        "is removed once every output is written). Run without --resume "
                        "to train anew.")
+    if finished > config.epochs:
+        raise RunError(f"the run in {output_dir} has already finished {finished} epochs: "
+                       f"resume it with --epochs {finished} or more")
     saved_path = output_dir / "config.json"
     if not saved_path.exists():
         return
@@ -230,6 +234,12 @@ class AllOrNothingBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         recover_backup(self.backup_dir)
         super().on_train_begin(logs)  # restores weights, optimizer and epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        # An epoch that TerminateOnNaN cut short leaves NaN weights: the
+        # backup keeps the last epoch that ended well.
+        if np.isfinite((logs or {}).get("loss", 0.0)):
+            super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
         backup_dir = Path(self.backup_dir)

@@ -299,6 +299,21 @@ def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, mo
     assert "latent_dim: 2 -> 3" in capsys.readouterr().err
 
 
+def test_resume_accepts_other_figure_settings_but_not_fewer_epochs(tmp_path, small_mnist,
+                                                                   monkeypatch, capsys):
+    interrupt_backup_at_epoch(monkeypatch, epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(tmp_path, "--epochs", "3")
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: run_script(tmp_path, "--epochs", "1", "--resume"))
+    assert exit_info.value.code == 1
+    assert "already finished 2 epochs: resume it with --epochs 2 or more" in (
+        capsys.readouterr().err)
+    run_script(tmp_path, "--epochs", "3", "--examples-shown", "5", "--resume")
+    assert history_epochs(tmp_path) == ["0", "1", "2"]
+
+
 def test_resume_accepts_a_run_from_before_a_setting_was_added(tmp_path, small_mnist,
                                                               monkeypatch):
     interrupted_after_one_epoch(tmp_path, monkeypatch)
@@ -317,6 +332,7 @@ def test_a_loss_that_turns_nan_stops_training_with_a_clear_message(tmp_path):
     with pytest.raises(TrainingDiverged, match="the loss became nan in epoch 1"):
         train(vae, data, None, epochs=3, learning_rate=1e-3, output_dir=tmp_path)
     assert len(read_history(tmp_path / "history.csv")["loss"]) == 1  # stopped at once
+    assert not (tmp_path / "backup").exists()  # no backup of NaN weights
 
 
 @pytest.mark.parametrize("failure, status, message", [
