@@ -128,15 +128,20 @@ def interrupt_backup_at_epoch(monkeypatch, epoch, before_saving=False):
                         save_then_maybe_interrupt)
 
 
+def run_interrupted(output_dir, monkeypatch, epochs, epoch, before_saving=False):
+    """A run of `epochs` epochs stopped like Ctrl-C at the backup of `epoch`."""
+    interrupt_backup_at_epoch(monkeypatch, epoch, before_saving)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(output_dir, "--epochs", str(epochs))
+    monkeypatch.undo()
+
+
 def history_epochs(output_dir):
     return [row.split(",")[0] for row in (output_dir / "history.csv").read_text().splitlines()[1:]]
 
 
 def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_mnist, monkeypatch, capsys):
-    interrupt_backup_at_epoch(monkeypatch, epoch=1)
-    with pytest.raises(KeyboardInterrupt):
-        run_script(tmp_path, "--epochs", "4")
-    monkeypatch.undo()
+    run_interrupted(tmp_path, monkeypatch, epochs=4, epoch=1)
     before = (tmp_path / "history.csv").read_text().splitlines()
     assert history_epochs(tmp_path) == ["0", "1"]
     assert not (tmp_path / "cvae_onehot.keras").exists()
@@ -162,10 +167,7 @@ def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_m
 
 def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small_mnist, monkeypatch):
     # Ctrl-C lands after CSVLogger wrote epoch 1's row but before its backup.
-    interrupt_backup_at_epoch(monkeypatch, epoch=1, before_saving=True)
-    with pytest.raises(KeyboardInterrupt):
-        run_script(tmp_path, "--epochs", "3")
-    monkeypatch.undo()
+    run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=1, before_saving=True)
     assert history_epochs(tmp_path) == ["0", "1"]
     run_script(tmp_path, "--epochs", "3", "--resume")
     assert history_epochs(tmp_path) == ["0", "1", "2"]
@@ -210,10 +212,7 @@ def test_a_stop_while_the_backup_is_written_resumes_from_the_last_complete_one(
 
 def test_a_stop_between_the_backups_two_renames_loses_nothing(tmp_path, small_mnist,
                                                              monkeypatch, capsys):
-    interrupt_backup_at_epoch(monkeypatch, epoch=0)
-    with pytest.raises(KeyboardInterrupt):
-        run_script(tmp_path, "--epochs", "2")
-    monkeypatch.undo()
+    run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
     # As if killed after the old backup was moved aside, before the new one
     # took its place: only backup.previous/ and a half-written backup.partial/.
     (tmp_path / "backup").rename(tmp_path / "backup.previous")
@@ -268,14 +267,6 @@ def test_an_unusable_output_dir_gets_one_line(tmp_path, make_bad_dir, message, c
     assert error.count("\n") == 1 and message in error and str(bad_dir) in error
 
 
-def interrupted_after_one_epoch(output_dir, monkeypatch):
-    """A two-epoch run stopped by Ctrl-C once epoch 1 is backed up."""
-    interrupt_backup_at_epoch(monkeypatch, epoch=0)
-    with pytest.raises(KeyboardInterrupt):
-        run_script(output_dir, "--epochs", "2")
-    monkeypatch.undo()
-
-
 def test_a_second_run_into_a_folder_in_use_gets_one_line(tmp_path, small_mnist, capsys):
     # The first run holds the folder's lock, as a run in another process would.
     fcntl = pytest.importorskip("fcntl")
@@ -292,7 +283,7 @@ def test_a_second_run_into_a_folder_in_use_gets_one_line(tmp_path, small_mnist, 
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, monkeypatch):
-    interrupted_after_one_epoch(tmp_path, monkeypatch)
+    run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
     with pytest.raises(SystemExit) as exit_info:
         run_script(tmp_path, "--epochs", "2", "--latent-dim", "3", "--resume")
     assert exit_info.value.code == 2
@@ -301,10 +292,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, mo
 
 def test_resume_accepts_other_figure_settings_but_not_fewer_epochs(tmp_path, small_mnist,
                                                                    monkeypatch, capsys):
-    interrupt_backup_at_epoch(monkeypatch, epoch=1)
-    with pytest.raises(KeyboardInterrupt):
-        run_script(tmp_path, "--epochs", "3")
-    monkeypatch.undo()
+    run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=1)
     with pytest.raises(SystemExit) as exit_info:
         errors.run_main(lambda: run_script(tmp_path, "--epochs", "1", "--resume"))
     assert exit_info.value.code == 1
@@ -316,7 +304,7 @@ def test_resume_accepts_other_figure_settings_but_not_fewer_epochs(tmp_path, sma
 
 def test_resume_accepts_a_run_from_before_a_setting_was_added(tmp_path, small_mnist,
                                                               monkeypatch):
-    interrupted_after_one_epoch(tmp_path, monkeypatch)
+    run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
     config = json.loads((tmp_path / "config.json").read_text())
     del config["beta"]  # as written before BETA existed
     (tmp_path / "config.json").write_text(json.dumps(config))
