@@ -19,13 +19,16 @@ class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training run; the message says what --resume will do."""
+
+
 def run_main(main):
     """Runs a script's `main()`, turning expected failures into one message."""
     try:
         main()
-    except KeyboardInterrupt:
-        print("\nInterrupted. Finished epochs are backed up: run the same command "
-              "with --resume to continue.", file=sys.stderr)
+    except KeyboardInterrupt as interruption:
+        print(f"\n{str(interruption) or 'Interrupted.'}", file=sys.stderr)
         sys.exit(130)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)

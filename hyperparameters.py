@@ -30,7 +30,7 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
     its trailing comment is its help text and its value the default.
     Numbers must be positive, except the names in `non_negative`; `choices`
     maps a NAME to its allowed values. Returns an `argparse.Namespace` with
-    lower-case names, plus `resume` and `explore`.
+    lower-case names, plus `resume`, `overwrite` and `explore`.
     """
     choices = choices or {}
     script = Path(script_globals["__file__"])
@@ -54,10 +54,17 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
         else:
             parser.add_argument(flag, default=default, help=comment, metavar=name,
                                 type=_value_parser(default, name in non_negative,
-                                                   INTEGER_LIMITS.get(name, INTEGER_LIMIT)))
-    parser.add_argument(
+                                                   *INTEGER_LIMITS.get(name, (INTEGER_LIMIT, ""))))
+    # A run never replaces an earlier one in its folder unless told to.
+    earlier_run = parser.add_mutually_exclusive_group()
+    earlier_run.add_argument(
         "--resume", action="store_true",
         help="continue an interrupted run from its last finished epoch",
+    )
+    earlier_run.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the earlier run in --output-dir (only the files it wrote are "
+        "removed)",
     )
     parser.add_argument(
         "--explore", action="store_true",
@@ -95,14 +102,24 @@ def _top_level_constants(script):
             yield node.targets[0].id, comments.get(node.lineno, "")
 
 
-# The largest integer a flag may take: TensorFlow counts sizes in int32, and
-# NumPy's seed must fit in 32 unsigned bits. Larger values would fail with a
-# traceback deep inside either library, after the data has loaded.
+# The largest integer a flag may take, and why: TensorFlow counts sizes in
+# int32, NumPy's seed must fit in 32 unsigned bits, MNIST has so many images,
+# and larger layers would not fit in memory. Larger values would otherwise
+# fail deep inside a library, after the data has loaded.
 INTEGER_LIMIT = 2**31 - 1
-INTEGER_LIMITS = {"SEED": 2**32 - 1}
+INTEGER_LIMITS = {
+    "SEED": (2**32 - 1, "seeds are 32-bit"),
+    "TRAIN_SAMPLES": (60_000, "MNIST's training images"),
+    "TEST_SAMPLES": (10_000, "MNIST's test images"),
+    "BATCH_SIZE": (60_000, "MNIST's training images"),
+    "SHUFFLE_BUFFER": (60_000, "MNIST's training images"),
+    "LATENT_DIM": (4096, "to fit in memory"),
+    "EMBEDDING_DIM": (4096, "to fit in memory"),
+    "EXAMPLES_SHOWN": (100, "to keep the figure readable"),
+}
 
 
-def _value_parser(default, allow_zero, integer_limit):
+def _value_parser(default, allow_zero, integer_limit, limit_reason):
     kind = type(default)
     if kind not in (int, float, str) and not isinstance(default, Path):
         raise TypeError(f"a hyperparameter cannot be of type {kind.__name__}")
@@ -125,8 +142,10 @@ def _value_parser(default, allow_zero, integer_limit):
                 f"expected a {lowest} {noun}, got {text!r}"
             )
         if kind is int and value > integer_limit:
+            reason = f" ({limit_reason})" if limit_reason else ""
             raise argparse.ArgumentTypeError(
-                f"expected a {lowest} {noun} of at most {integer_limit:,}, got {text!r}"
+                f"expected a {lowest} {noun} of at most {integer_limit:,}{reason}, "
+                f"got {text!r}"
             )
         return value
 

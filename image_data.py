@@ -6,13 +6,14 @@ targets (image and label, damaged and clean image) is written in the chapter.
 handed on from here with the images.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
-__all__ = ["IMAGE_SHAPE", "NUM_CLASSES", "images_to_float", "load_mnist_images",
-           "make_dataset"]
+__all__ = ["IMAGE_SHAPE", "NUM_CLASSES", "ShuffleByEpoch", "images_to_float",
+           "load_mnist_images", "make_dataset"]
 
 
 def images_to_float(images):
@@ -37,15 +38,51 @@ def load_mnist_images(train_samples, test_samples):
     return tuple(splits)
 
 
+# The epoch `fit` is in, counted from 0. A shuffled dataset reads it as each
+# pass over it begins, and `ShuffleByEpoch` sets it.
+_current_epoch = tf.Variable(0, dtype="int64", trainable=False, name="current_epoch")
+
+
+class ShuffleByEpoch(keras.callbacks.Callback):
+    """Tells the datasets of `make_dataset` which epoch `fit` begins, so that
+    each epoch's order depends on the seed and the epoch's number alone: a
+    run resumed after epoch 3 sees in epoch 4 the batches an uninterrupted
+    run sees there."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        _current_epoch.assign(epoch)
+
+
 def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
     """A batched `tf.data` pipeline of (inputs, targets) pairs.
 
-    With `shuffle_buffer`, the order is reshuffled every epoch from `seed`,
-    so the same seed gives the same sequence of batches.
+    With `shuffle_buffer`, each epoch is shuffled with a seed drawn from
+    `seed` and the epoch's number (see `ShuffleByEpoch`), so the same seed
+    gives the same sequence of batches, also across an interruption.
     """
     dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
     if shuffle_buffer:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+        pairs = dataset
+        seed = 0 if seed is None else seed
+
+        def one_epoch(_):
+            # tf.data mixes an operation's seed with the graph's; fixing the
+            # graph's seed here leaves the order to `seed` and the epoch alone
+            # (and keeps TensorFlow from testing a tensor seed with Python's
+            # `==` when the global seed is 0).
+            tf.compat.v1.set_random_seed(1)
+            epoch_seed = tf.random.stateless_uniform(
+                [], seed=tf.stack([tf.constant(seed, "int64"), _current_epoch]),
+                minval=0, maxval=2**31 - 1, dtype="int64")
+            return pairs.shuffle(shuffle_buffer, seed=epoch_seed,
+                                 reshuffle_each_iteration=False)
+
+        # A dataset of one element whose pass is the shuffled pairs: the
+        # function runs, and reads the epoch, each time `fit` starts a pass.
+        dataset = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
+        # flat_map hides how many pairs there are; `fit` needs it to count
+        # the steps of an epoch.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(pairs)))
     # One batch is made ready while the model trains on the previous one.
     dataset = dataset.batch(batch_size).prefetch(1)
     # tf.data's autotuner is switched off: slicing arrays held in memory needs

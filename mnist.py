@@ -8,12 +8,14 @@ package, checked against their published MD5 sums.
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -117,8 +119,9 @@ def _load_mnist_path(path):
             return _load_npz(path)
     except MnistError as error:
         raise MnistError(f"MNIST_PATH={path}: {error}") from None
+    problem = "is neither a file nor a folder" if path.exists() else "does not exist"
     raise MnistError(
-        f"MNIST_PATH={path} does not exist. Point it at a Keras mnist.npz or at a "
+        f"MNIST_PATH={path} {problem}. Point it at a Keras mnist.npz or at a "
         "folder with the four MNIST IDX files, or unset it to download MNIST."
     )
 
@@ -130,7 +133,7 @@ def _load_npz(path):
                 (archive[f"x_{split}"], archive[f"y_{split}"])
                 for split in ("train", "test")
             )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise MnistError(
             f"{path} is not a readable MNIST npz (needs x_train, y_train, x_test, "
             f"y_test): {_first_line(error)}"
@@ -163,7 +166,7 @@ def _read_idx(file):
     try:
         with opener(file, "rb") as stream:
             content = stream.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib: a damaged .gz stream
         raise MnistError(f"{file} is corrupt: {_first_line(error)}") from None
     if len(content) < 8:
         raise MnistError(f"{file} is truncated: only {len(content)} bytes")
@@ -175,7 +178,7 @@ def _read_idx(file):
     shape = tuple(
         int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
     )
-    expected = header_size + int(np.prod(shape))
+    expected = header_size + math.prod(shape)  # Python ints: a damaged header cannot overflow
     if len(content) != expected:
         raise MnistError(
             f"{file} is truncated or padded: header says {shape}, which needs "

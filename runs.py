@@ -2,9 +2,9 @@
 
 Plumbing, not part of the lesson:
 
-* `start_run` opens every training run (a check that a --resume continues
-  the same run, seeding with `make_reproducible`, config.json) and closes it
-  (timings.json, removing the backup);
+* `start_run` opens every training run (taking the output folder, a check
+  that a --resume continues the same run, seeding with `make_reproducible`,
+  config.json) and closes it (timings.json, removing the backup);
 * `precision` builds a model in float32 or mixed bfloat16;
 * `prepare_output_dir` gets the folder ready for `training_loops.train`;
   `read_history` reads the history.csv that `fit` writes there, and
@@ -13,7 +13,10 @@ Plumbing, not part of the lesson:
   saved, for --explore.
 
 Every file is written atomically, so an interrupted run leaves the old file
-or the new one, never half of one.
+or the new one, never half of one. A run writes only files it owns: the
+folder's .run-files.json lists what its run wrote, a fresh run starts only
+in an empty folder or one whose earlier run it may replace, and it removes
+only the files that list names.
 """
 
 import argparse
@@ -35,11 +38,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from errors import RunError
+from errors import RunError, RunInterrupted
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume.
-RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore", "examples_shown"}
+RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
+                     "examples_shown"}
+
+# In each run folder: the names of the files its run wrote, and the lock.
+RUN_FILES = ".run-files.json"
+LOCK_FILE = ".run.lock"
 
 
 # ---------------------------------------------------------------------------
@@ -51,20 +59,28 @@ RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "explore", "examples_show
 def start_run(config):
     """`with start_run(config) as stopwatch:` wraps a chapter's training run.
 
-    On entry: takes the output folder for this run alone, refuses a --resume
-    of a finished run or with settings that differ from the run it
-    continues, seeds everything and writes config.json. The chapter calls
-    `stopwatch.lap(phase)` at the end of each phase. On leaving the block
-    without an error: writes timings.json, says where the time went, and
-    removes the backup that allowed --resume, since every output is written.
+    On entry: takes the output folder for this run alone (see
+    `take_output_dir`), refuses a --resume of a finished run or with settings
+    that differ from the run it continues, seeds everything and writes
+    config.json. The chapter calls `stopwatch.lap(phase)` at the end of each
+    phase. On leaving the block without an error: writes timings.json, says
+    where the time went, and removes the backup that allowed --resume, since
+    every output is written. On Ctrl-C: says what --resume will continue.
     """
-    check_output_dir(config.output_dir)
-    with exclusive_use(config.output_dir):
-        check_resumable(config, config.output_dir)
+    output_dir = config.output_dir
+    check_output_dir(output_dir)
+    if not config.resume:
+        _refuse_foreign_files(output_dir)  # before the lock file is made
+    with exclusive_use(output_dir):
+        take_output_dir(config)
+        check_resumable(config, output_dir)
         make_reproducible(config.seed)
-        save_json(vars(config), config.output_dir / "config.json")
+        save_json(vars(config), output_dir / "config.json")
         stopwatch = Stopwatch()
-        yield stopwatch
+        try:
+            yield stopwatch
+        except KeyboardInterrupt:
+            raise RunInterrupted(_interrupted_message(output_dir)) from None
         _finish_run(config, stopwatch)
 
 
@@ -73,7 +89,7 @@ def exclusive_use(output_dir):
     """Holds a lock on `output_dir` for one run at a time, or raises a
     RunError naming the folder. The operating system drops the lock when the
     process ends, however it ends, so a killed run leaves no stale lock."""
-    with open(output_dir / ".run.lock", "a") as lock_file:  # "a": never rewritten
+    with open(output_dir / LOCK_FILE, "a") as lock_file:  # "a": never rewritten
         if fcntl is not None:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -95,9 +111,57 @@ def check_output_dir(output_dir):
         raise RunError(f"--output-dir {output_dir} is not writable")
 
 
+def take_output_dir(config):
+    """Makes the output folder this run's, or says why it may not be.
+
+    A --resume continues the run whose files are there. A fresh run starts
+    in an empty folder, or in place of an earlier run that had nothing worth
+    keeping yet. A finished or resumable earlier run is replaced only with
+    --overwrite, and then only the files it wrote are removed, so no old
+    figure sits beside the new run's.
+    """
+    output_dir = config.output_dir
+    if config.resume:
+        _claim_names(output_dir, [])  # a folder from before .run-files.json
+        return
+    earlier = _owned_entries(output_dir)
+    if earlier and not config.overwrite:
+        _refuse_replacing(output_dir)
+    for entry in earlier:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if earlier:
+        print(f"Removed the files of the earlier run in {output_dir}.", flush=True)
+    (output_dir / RUN_FILES).unlink(missing_ok=True)
+    _claim_names(output_dir, [])
+
+
+def _refuse_foreign_files(output_dir):
+    foreign = sorted(path.name for path in output_dir.iterdir()
+                     if path.name not in _owned_names(output_dir))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise RunError(f"{output_dir} holds files that no run of this project wrote "
+                       f"({shown}): give --output-dir an empty or new folder")
+
+
+def _refuse_replacing(output_dir):
+    """Raises a RunError if the earlier run in `output_dir` is worth keeping."""
+    backup_dir = output_dir / "backup"
+    recover_backup(backup_dir)
+    finished = _finished_epochs(backup_dir)
+    if finished:
+        raise RunError(f"{output_dir} holds an interrupted run with {finished} finished "
+                       "epochs: continue it with --resume, replace it with --overwrite, "
+                       "or give --output-dir a new folder")
+    if (output_dir / "metrics.json").exists():
+        raise RunError(f"{output_dir} holds a finished run: replace it with --overwrite, "
+                       "or give --output-dir a new folder")
+
+
 def check_resumable(config, output_dir):
     """Stops a --resume of a run that finished, or whose settings differ from
-    the run it continues, before anything is written."""
+    the run it continues, before anything is written. The settings compared
+    are those the backup carries (see AllOrNothingBackup)."""
     if not config.resume:
         return
     backup_dir = output_dir / "backup"
@@ -105,12 +169,12 @@ def check_resumable(config, output_dir):
     finished = _finished_epochs(backup_dir)
     if finished == 0 and (output_dir / "metrics.json").exists():
         raise RunError(f"nothing to resume in {output_dir}: its run finished (the backup "
-                       "is removed once every output is written). Run without --resume "
+                       "is removed once every output is written). Run with --overwrite "
                        "to train anew.")
     if finished > config.epochs:
         raise RunError(f"the run in {output_dir} has already finished {finished} epochs: "
                        f"resume it with --epochs {finished} or more")
-    saved_path = output_dir / "config.json"
+    saved_path = backup_dir / "config.json"
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
@@ -168,6 +232,21 @@ class Stopwatch:
         self._last = now
 
 
+def _interrupted_message(output_dir):
+    finished = _finished_epochs(output_dir / "backup")
+    _drop_empty_history(output_dir / "history.csv")
+    if not finished:
+        return "Interrupted before the first epoch finished: nothing to resume."
+    epochs = "1 finished epoch is" if finished == 1 else f"{finished} finished epochs are"
+    return f"Interrupted. {epochs} backed up: run the same command with --resume to continue."
+
+
+def _drop_empty_history(history_path):
+    """A run stopped in its first epoch leaves history.csv without a row."""
+    if history_path.exists() and len(history_path.read_text().splitlines()) <= 1:
+        history_path.unlink()
+
+
 def _finish_run(config, stopwatch):
     total = sum(stopwatch.seconds.values())
     save_json({**{phase: round(seconds, 2) for phase, seconds in stopwatch.seconds.items()},
@@ -188,13 +267,13 @@ def prepare_output_dir(output_dir, model_name, resume):
     """Gets `output_dir` ready for `fit` and returns the paths of its
     history.csv and of its backup folder.
 
-    A fresh run first removes what an earlier run in the same folder left
-    (history, metrics, model, backup), so nothing old sits beside the new
-    config. A --resume keeps the backup and only the rows of history.csv of
-    the epochs the backup holds.
+    A fresh run starts without a backup (else `fit` would restore it), and
+    `fit` writes history.csv anew. A --resume keeps the backup and only the
+    rows of history.csv of the epochs the backup holds.
     """
     output_dir = Path(output_dir)
     history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
+    _claim_names(output_dir, [history_path.name, backup_dir.name])
     if resume:
         recover_backup(backup_dir)
         finished = _finished_epochs(backup_dir)
@@ -203,8 +282,7 @@ def prepare_output_dir(output_dir, model_name, resume):
         _keep_history_rows(history_path, finished)
     else:
         discard_backup(output_dir)
-        for stale in ["history.csv", "metrics.json", "timings.json", f"{model_name}.keras"]:
-            (output_dir / stale).unlink(missing_ok=True)
+        history_path.unlink(missing_ok=True)
     return history_path, backup_dir
 
 
@@ -226,6 +304,10 @@ class AllOrNothingBackup(keras.callbacks.BackupAndRestore):
     then takes the place of the previous backup by two renames. At every
     instant one complete backup exists: `backup/`, or, between the two
     renames, `backup.previous/`, which `recover_backup` puts back.
+
+    The backup also carries the run's config.json, so that a --resume is
+    compared with the settings of the run it continues, whatever happened to
+    the folder's config.json since.
     """
 
     def __init__(self, backup_dir):
@@ -249,6 +331,9 @@ class AllOrNothingBackup(keras.callbacks.BackupAndRestore):
         self.model.save_weights(staging / Path(self._weights_path).name)
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
         (staging / Path(self._training_metadata_path).name).write_text(json.dumps(metadata))
+        run_config = backup_dir.parent / "config.json"
+        if run_config.exists():
+            shutil.copyfile(run_config, staging / run_config.name)
         if backup_dir.exists():
             os.replace(backup_dir, previous)
         os.replace(staging, backup_dir)
@@ -289,9 +374,11 @@ def _keep_history_rows(history_path, epochs):
     if epochs == 0:
         history_path.unlink()
         return
-    lines = history_path.read_text().splitlines(keepends=True)
-    with atomic_path(history_path) as temporary:
-        temporary.write_text("".join(lines[: 1 + epochs]))
+    # newline="": the rows keep the line endings CSVLogger wrote (\r\n).
+    with open(history_path, newline="") as file:
+        lines = file.readlines()
+    with atomic_path(history_path) as temporary, open(temporary, "w", newline="") as file:
+        file.writelines(lines[: 1 + epochs])
 
 
 def read_history(history_csv):
@@ -312,7 +399,14 @@ def load_trained_model(output_dir, model_name):
     retrain = f"Train one first: python {model_name}.py --output-dir {path.parent}"
     if not path.exists():
         raise RunError(f"no trained model at {path}. {retrain}")
-    vae = keras.models.load_model(path)
+    try:
+        vae = keras.models.load_model(path)
+    except Exception as error:  # a damaged or foreign file fails in many ways
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise RunError(f"cannot load {path}: {first_line}. {retrain}") from None
+    if vae.name != model_name:
+        raise RunError(f"{path} holds a {vae.name} model, not one of {model_name}.py. "
+                       f"{retrain}")
     # Models saved before the decoder handed out logits end in a sigmoid;
     # `VAE.decode` would apply a second one and draw grey images.
     if vae.decoder.layers[-1].get_config().get("activation") == "sigmoid":
@@ -323,7 +417,13 @@ def load_trained_model(output_dir, model_name):
 
 def load_run_config(output_dir):
     """The config.json of the run that wrote `output_dir`, as a Namespace."""
-    return argparse.Namespace(**json.loads((Path(output_dir) / "config.json").read_text()))
+    path = Path(output_dir) / "config.json"
+    try:
+        return argparse.Namespace(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:  # missing, unreadable, not JSON
+        raise RunError(f"cannot read the settings of the run in {output_dir} from "
+                       f"{path}: {error.strerror if isinstance(error, OSError) else error}"
+                       ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -340,12 +440,57 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    _claim_names(path.parent, [path.name], only_in_run_folder=True)
+    temporary = _temporary_path(path)
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _temporary_path(path):
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+# ---------------------------------------------------------------------------
+# Which files a run folder's run wrote
+# ---------------------------------------------------------------------------
+
+
+def _claim_names(folder, names, only_in_run_folder=False):
+    """Adds `names` to the folder's list of files its run wrote (made if
+    missing, unless `only_in_run_folder`: then a folder without the list,
+    such as MNIST's cache, is left alone)."""
+    record = Path(folder) / RUN_FILES
+    if only_in_run_folder and not record.exists():
+        return
+    claimed = json.loads(record.read_text()) if record.exists() else []
+    if record.exists() and set(names) <= set(claimed):
+        return
+    temporary = _temporary_path(record)
+    temporary.write_text(json.dumps(sorted({*claimed, *names}), indent=0) + "\n")
+    os.replace(temporary, record)
+
+
+def _owned_names(folder):
+    """Every name in `folder` its run may write: the listed files, their
+    temporary copies, the backup's two neighbours, the list and the lock."""
+    record = Path(folder) / RUN_FILES
+    claimed = json.loads(record.read_text()) if record.exists() else []
+    names = {RUN_FILES, _temporary_path(record).name, LOCK_FILE}
+    for name in claimed:
+        path = Path(folder) / name
+        names |= {name, _temporary_path(path).name, *(p.name for p in _backup_siblings(path))}
+    return names
+
+
+def _owned_entries(folder):
+    """The files and folders in `folder` that its run wrote (not the list or
+    the lock)."""
+    keep = {RUN_FILES, LOCK_FILE}
+    owned = _owned_names(folder) - keep
+    return [path for path in Path(folder).iterdir() if path.name in owned]
 
 
 def save_json(data, path):

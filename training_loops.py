@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from errors import TrainingDiverged
+from image_data import ShuffleByEpoch
 from runs import AllOrNothingBackup, prepare_output_dir, save_model
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under
@@ -56,7 +57,7 @@ class Sampling(keras.layers.Layer):
         super().__init__(**kwargs)
         self.seed = seed
         # A SeedGenerator keeps its state in a variable: runs with the same
-        # seed draw the same noise, and the state is saved with the model.
+        # seed draw the same noise.
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs):
@@ -66,6 +67,16 @@ class Sampling(keras.layers.Layer):
         epsilon = keras.random.normal(ops.shape(z_mean), dtype=self.compute_dtype,
                                       seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    # Keras saves a layer's weights, and a SeedGenerator's state is none of
+    # them. Saving it too lets a run resumed from its backup draw the noise
+    # the uninterrupted run would have drawn.
+    def save_own_variables(self, store):
+        store["seed_generator_state"] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        if "seed_generator_state" in store:  # absent in models saved before
+            self.seed_generator.state.assign(store["seed_generator_state"])
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -324,8 +335,9 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
     history.csv per finished epoch, BackupAndRestore (here in a version that
     writes all or nothing, from runs.py) saves the weights, the optimizer
     state and the epoch number at the end of each epoch (and restores them
-    when a run starts again with `resume=True`), and TerminateOnNaN stops a
-    run whose loss diverged. The backup outlives
+    when a run starts again with `resume=True`), TerminateOnNaN stops a run
+    whose loss diverged, and ShuffleByEpoch makes each epoch's order depend on
+    the epoch's number alone. The backup outlives
     `fit`, so a run stopped while it evaluates or draws still resumes without
     training again; the run removes it once every output is written.
     `extra_callbacks` run after these (the benchmark's timer is one).
@@ -342,6 +354,9 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
         keras.callbacks.CSVLogger(history_path, append=True),
         # Keras' BackupAndRestore, made safe against a stop while it writes.
         AllOrNothingBackup(backup_dir),
+        # Shuffles each epoch from the seed and its number, so a resumed run
+        # trains on the batches an uninterrupted one would.
+        ShuffleByEpoch(),
         *extra_callbacks,
     ]
     history = vae.fit(

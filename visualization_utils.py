@@ -10,11 +10,13 @@ the label reaches the decoder is what a chapter teaches, so it stays there.
 Each grid is decoded in one batched call.
 """
 
+import os
 from statistics import NormalDist
 
 import numpy as np
 from matplotlib import pyplot
 from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -325,11 +327,19 @@ class ExplorerUnavailable(RunError):
 
 def check_explorer_can_open():
     """Raises ExplorerUnavailable, with what to do, where no window can open."""
-    if pyplot.get_backend().lower() == "agg":
-        raise ExplorerUnavailable(
-            "Matplotlib has no interactive backend here (no display?). Run on a "
-            "desktop, or set MPLBACKEND to an interactive backend such as TkAgg."
-        )
+    backend = pyplot.get_backend().lower()
+    if backend not in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
+        return
+    requested = os.environ.get("MPLBACKEND")
+    if not requested:
+        reason = "Matplotlib has no interactive backend here (no display?)"
+    elif requested.lower() == backend:
+        reason = f"MPLBACKEND={requested} only writes files and cannot open a window"
+    else:  # Matplotlib fell back from the backend asked for
+        reason = f"MPLBACKEND={requested} cannot open a window here (no display?)"
+    raise ExplorerUnavailable(
+        f"{reason}. Run on a desktop with an interactive backend such as TkAgg or QtAgg "
+        "(unset MPLBACKEND to let Matplotlib pick one).")
 
 
 class LatentExplorer:

@@ -42,9 +42,16 @@ def test_flags_override_the_constants_with_their_types():
     (["--learning-rate", "nan"], "argument --learning-rate: expected a positive number"),
     (["--seed", "-1"], "argument --seed: expected a non-negative integer"),
     (["--seed", "4294967296"], "expected a non-negative integer of at most 4,294,967,295"),
-    (["--batch-size", "100000000000000000000"],
-     "argument --batch-size: expected a positive integer of at most 2,147,483,647"),
+    (["--epochs", "100000000000000000000"],
+     "argument --epochs: expected a positive integer of at most 2,147,483,647"),
     (["--epoch", "3"], "unrecognized arguments: --epoch 3"),
+    (["--train-samples", "70000"],
+     "expected a positive integer of at most 60,000 (MNIST's training images)"),
+    (["--test-samples", "10001"],
+     "expected a positive integer of at most 10,000 (MNIST's test images)"),
+    (["--latent-dim", "1000000000000"],
+     "expected a positive integer of at most 4,096 (to fit in memory)"),
+    (["--examples-shown", "5000"], "at most 100 (to keep the figure readable)"),
 ])
 def test_bad_values_exit_2_with_a_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,6 +1,7 @@
 """The interactive explorers (--explore) and the latent-traversal GIF."""
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -74,7 +75,8 @@ def save_untrained(module, tmp_path, **config):
     return vae
 
 
-def test_without_a_display_explore_says_so_in_one_message(tmp_path, capsys):
+def test_without_a_display_explore_says_so_in_one_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MPLBACKEND")  # Matplotlib chose Agg by itself
     save_untrained(cvae_onehot, tmp_path, build=(2,))
     with pytest.raises(SystemExit) as exit_info:
         errors.run_main(lambda: cvae_onehot.main(["--explore", "--output-dir",
@@ -82,6 +84,46 @@ def test_without_a_display_explore_says_so_in_one_message(tmp_path, capsys):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "no interactive backend" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("backend, asked, message", [
+    ("svg", "svg", "MPLBACKEND=svg only writes files and cannot open a window"),
+    ("agg", "TkAgg", "MPLBACKEND=TkAgg cannot open a window here (no display?)"),
+])
+def test_a_backend_that_cannot_open_a_window_is_named(backend, asked, message, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", asked)
+    monkeypatch.setattr(visualization_utils.pyplot, "get_backend", lambda: backend)
+    with pytest.raises(visualization_utils.ExplorerUnavailable, match=re.escape(message)):
+        visualization_utils.check_explorer_can_open()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(b""), "cannot load"),
+    (lambda path: path.write_bytes(b"PK\x03\x04 not a model"), "cannot load"),
+    (lambda path: save_untrained(cvae_embedding, path.parent, build=(2, 8)).save(path),
+     "holds a cvae_embedding model, not one of cvae_onehot.py"),
+])
+def test_explore_on_a_damaged_or_foreign_model_names_the_file(tmp_path, damage, message,
+                                                              capsys, monkeypatch):
+    damage(tmp_path / "cvae_onehot.keras")
+    pretend_there_is_a_display(monkeypatch, cvae_onehot)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: cvae_onehot.main(["--explore", "--output-dir", str(tmp_path)]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+    assert str(tmp_path / "cvae_onehot.keras") in error
+
+
+def test_the_denoising_explorer_needs_the_runs_settings(tmp_path, capsys, monkeypatch):
+    save_untrained(denoising_vae, tmp_path)
+    (tmp_path / "config.json").unlink()
+    pretend_there_is_a_display(monkeypatch, denoising_vae)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: denoising_vae.main(["--explore", "--output-dir", str(tmp_path)]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{tmp_path / 'config.json'}" in error
 
 
 def test_the_latent_explorer_needs_a_2d_latent_space():

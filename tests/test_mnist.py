@@ -92,6 +92,43 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path):
         load_mnist(folder, verbose=False)
 
 
+def test_a_damaged_deflate_stream_is_a_clear_error(tmp_path):
+    # A flipped byte inside the compressed data: zlib, not gzip, notices.
+    folder = write_idx_folder(tmp_path / "idx", fake_mnist())
+    images = folder / "train-images-idx3-ubyte.gz"
+    content = bytearray(images.read_bytes())
+    content[40:60] = bytes(20)
+    images.write_bytes(bytes(content))
+    with pytest.raises(MnistError, match="train-images-idx3-ubyte.gz is corrupt"):
+        load_mnist(folder, verbose=False)
+
+
+def test_a_damaged_compressed_npz_is_a_clear_error(tmp_path):
+    path = tmp_path / "mnist.npz"
+    arrays = fake_mnist()
+    np.savez_compressed(path, x_train=arrays["train_images"], y_train=arrays["train_labels"],
+                        x_test=arrays["test_images"], y_test=arrays["test_labels"])
+    content = bytearray(path.read_bytes())
+    content[200:260] = bytes(60)  # inside x_train's deflate stream
+    path.write_bytes(bytes(content))
+    with pytest.raises(MnistError, match=f"{path} is not a readable MNIST npz"):
+        load_mnist(path, verbose=False)
+
+
+def test_an_idx_header_whose_sizes_overflow_is_a_clear_error(tmp_path):
+    folder = write_idx_folder(tmp_path / "idx", fake_mnist(), gzipped=False)
+    images = folder / "train-images-idx3-ubyte"
+    content = images.read_bytes()
+    images.write_bytes(content[:4] + (2**32 - 1).to_bytes(4, "big") * 3 + content[16:])
+    with pytest.raises(MnistError, match="train-images-idx3-ubyte is truncated or padded"):
+        load_mnist(folder, verbose=False)
+
+
+def test_a_path_that_is_neither_file_nor_folder_is_named_so():
+    with pytest.raises(MnistError, match="/dev/null is neither a file nor a folder"):
+        load_mnist("/dev/null", verbose=False)
+
+
 def test_a_file_that_is_not_idx_is_a_clear_error(tmp_path):
     folder = write_idx_folder(tmp_path / "idx", fake_mnist(), gzipped=False)
     (folder / "train-labels-idx1-ubyte").write_bytes(b"<html>not found</html>")

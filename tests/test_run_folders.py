@@ -1,0 +1,124 @@
+"""What a run may write, replace and continue in its output folder (run as
+cvae_onehot.py on a small slice of MNIST)."""
+
+import json
+
+import pytest
+
+import cvae_onehot
+import errors
+from runs import RUN_FILES
+from test_end_to_end import (history_epochs, interrupt_backup_at_epoch, run_interrupted,
+                             run_script)
+
+
+def run_main_expecting_failure(output_dir, *flags):
+    """Runs the script as the shell would; returns its exit status."""
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: run_script(output_dir, *flags))
+    return exit_info.value.code
+
+
+def snapshot(folder):
+    """Every file below `folder` with its last modification time."""
+    return {path.relative_to(folder): path.stat().st_mtime_ns
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_folder_with_files_no_run_wrote_is_left_untouched(tmp_path, small_mnist, capsys):
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "thesis.tex").write_text("years of work")
+    status = run_main_expecting_failure(tmp_path, "--epochs", "1")
+    error = capsys.readouterr().err
+    assert status == 1 and error.count("\n") == 1
+    assert f"{tmp_path} holds files that no run of this project wrote (backup)" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]  # not even a lock
+    assert (tmp_path / "backup" / "thesis.tex").read_text() == "years of work"
+    # --overwrite replaces an earlier run, never someone else's files.
+    assert run_main_expecting_failure(tmp_path, "--epochs", "1", "--overwrite") == 1
+    assert (tmp_path / "backup" / "thesis.tex").read_text() == "years of work"
+
+
+def test_the_current_folder_is_no_output_dir_if_it_holds_other_files(tmp_path, small_mnist,
+                                                                     monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert run_main_expecting_failure("", "--epochs", "1") == 1
+    assert "holds files that no run of this project wrote (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(tmp_path, small_mnist, capsys):
+    run_script(tmp_path, "--epochs", "1")
+    finished = snapshot(tmp_path)
+    assert "manifold_digit_7.png" in {path.name for path in finished}
+
+    assert run_main_expecting_failure(tmp_path, "--epochs", "1", "--latent-dim", "3") == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"{tmp_path} holds a finished run: replace it with --overwrite" in error
+    assert snapshot(tmp_path) == finished
+
+    # A 3-d z draws no manifolds: the earlier run's must not stay beside it.
+    run_script(tmp_path, "--epochs", "1", "--latent-dim", "3", "--overwrite")
+    names = {path.name for path in tmp_path.iterdir()}
+    assert not [name for name in names if name.startswith("manifold_digit")]
+    assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 3
+    # Everything in the folder is listed as this run's own.
+    listed = set(json.loads((tmp_path / RUN_FILES).read_text()))
+    assert names - {RUN_FILES, ".run.lock"} <= listed
+
+
+def test_an_interrupted_run_is_neither_replaced_nor_continued_with_other_settings(
+        tmp_path, small_mnist, monkeypatch, capsys):
+    run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=1)
+    assert run_main_expecting_failure(tmp_path, "--epochs", "3", "--batch-size", "32") == 1
+    error = capsys.readouterr().err
+    assert "holds an interrupted run with 2 finished epochs: continue it with --resume" in error
+
+    # What a resume compares with travels with the backup: a config.json
+    # rewritten since (by hand, or by a version that rewrote it) is ignored.
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "batch_size": 32}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(tmp_path, "--epochs", "3", "--batch-size", "32", "--resume")
+    assert exit_info.value.code == 2
+    assert "batch_size: 64 -> 32" in capsys.readouterr().err
+    run_script(tmp_path, "--epochs", "3", "--resume")
+    assert history_epochs(tmp_path) == ["0", "1", "2"]
+
+
+def test_a_run_with_nothing_finished_yet_is_replaced_without_asking(tmp_path, small_mnist,
+                                                                     monkeypatch, capsys):
+    # Ctrl-C in the first epoch: nothing to resume, nothing worth keeping.
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cvae_onehot.VAE, "fit", interrupted_fit)
+    assert run_main_expecting_failure(tmp_path, "--epochs", "1") == 130
+    assert "Interrupted before the first epoch finished: nothing to resume" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "history.csv").exists()  # no file without a row
+    monkeypatch.undo()
+    run_script(tmp_path, "--epochs", "1")
+    assert history_epochs(tmp_path) == ["0"]
+
+
+def test_rows_kept_on_resume_keep_the_line_endings_keras_writes(tmp_path, small_mnist,
+                                                               monkeypatch, capsys):
+    interrupt_backup_at_epoch(monkeypatch, epoch=1)
+    assert run_main_expecting_failure(tmp_path, "--epochs", "3") == 130
+    assert ("Interrupted. 2 finished epochs are backed up: run the same command with "
+            "--resume") in capsys.readouterr().err
+    monkeypatch.undo()
+    run_script(tmp_path, "--epochs", "3", "--resume")
+    rows = (tmp_path / "history.csv").read_bytes().split(b"\r\n")
+    assert len(rows) == 5 and rows[-1] == b""  # header, three epochs, final newline
+    assert all(b"\n" not in row for row in rows)
+
+
+def test_resume_and_overwrite_cannot_be_combined(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(tmp_path, "--resume", "--overwrite")
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
