@@ -69,8 +69,7 @@ def start_run(config):
     """
     output_dir = config.output_dir
     check_output_dir(output_dir)
-    if not config.resume:
-        _refuse_foreign_files(output_dir)  # before the lock file is made
+    _refuse_foreign_files(output_dir)  # before the lock file is made
     with exclusive_use(output_dir):
         take_output_dir(config)
         check_resumable(config, output_dir)
@@ -122,7 +121,6 @@ def take_output_dir(config):
     """
     output_dir = config.output_dir
     if config.resume:
-        _claim_names(output_dir, [])  # a folder from before .run-files.json
         return
     earlier = _owned_entries(output_dir)
     if earlier and not config.overwrite:
@@ -150,9 +148,9 @@ def _refuse_replacing(output_dir):
     recover_backup(backup_dir)
     finished = _finished_epochs(backup_dir)
     if finished:
-        raise RunError(f"{output_dir} holds an interrupted run with {finished} finished "
-                       "epochs: continue it with --resume, replace it with --overwrite, "
-                       "or give --output-dir a new folder")
+        raise RunError(f"{output_dir} holds an interrupted run with "
+                       f"{_finished_epochs_text(finished)}: continue it with --resume, "
+                       "replace it with --overwrite, or give --output-dir a new folder")
     if (output_dir / "metrics.json").exists():
         raise RunError(f"{output_dir} holds a finished run: replace it with --overwrite, "
                        "or give --output-dir a new folder")
@@ -237,8 +235,13 @@ def _interrupted_message(output_dir):
     _drop_empty_history(output_dir / "history.csv")
     if not finished:
         return "Interrupted before the first epoch finished: nothing to resume."
-    epochs = "1 finished epoch is" if finished == 1 else f"{finished} finished epochs are"
-    return f"Interrupted. {epochs} backed up: run the same command with --resume to continue."
+    verb = "is" if finished == 1 else "are"
+    return (f"Interrupted. {_finished_epochs_text(finished)} {verb} backed up: run the same "
+            "command with --resume to continue.")
+
+
+def _finished_epochs_text(finished):
+    return "1 finished epoch" if finished == 1 else f"{finished} finished epochs"
 
 
 def _drop_empty_history(history_path):

@@ -34,8 +34,11 @@ def test_a_folder_with_files_no_run_wrote_is_left_untouched(tmp_path, small_mnis
     assert f"{tmp_path} holds files that no run of this project wrote (backup)" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]  # not even a lock
     assert (tmp_path / "backup" / "thesis.tex").read_text() == "years of work"
-    # --overwrite replaces an earlier run, never someone else's files.
-    assert run_main_expecting_failure(tmp_path, "--epochs", "1", "--overwrite") == 1
+    # --overwrite replaces an earlier run, and --resume continues one, never
+    # someone else's files.
+    for flag in ("--overwrite", "--resume"):
+        assert run_main_expecting_failure(tmp_path, "--epochs", "1", flag) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
     assert (tmp_path / "backup" / "thesis.tex").read_text() == "years of work"
 
 
