@@ -136,10 +136,15 @@ def take_output_dir(config):
 def _refuse_foreign_files(output_dir):
     foreign = sorted(path.name for path in output_dir.iterdir()
                      if path.name not in _owned_names(output_dir))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise RunError(f"{output_dir} holds files that no run of this project wrote "
-                       f"({shown}): give --output-dir an empty or new folder")
+    if not foreign:
+        return
+    if "config.json" in foreign and not (output_dir / RUN_FILES).exists():
+        raise RunError(f"{output_dir} holds a run of an earlier version of this project, "
+                       "which did not list the files it wrote: move it away or delete "
+                       "it, or give --output-dir a new folder")
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    raise RunError(f"{output_dir} holds files that no run of this project wrote "
+                   f"({shown}): give --output-dir an empty or new folder")
 
 
 def _refuse_replacing(output_dir):

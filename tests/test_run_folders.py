@@ -42,6 +42,14 @@ def test_a_folder_with_files_no_run_wrote_is_left_untouched(tmp_path, small_mnis
     assert (tmp_path / "backup" / "thesis.tex").read_text() == "years of work"
 
 
+def test_a_run_of_a_version_that_listed_no_files_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "history.csv").write_text("epoch,loss\n")
+    assert run_main_expecting_failure(tmp_path, "--epochs", "1", "--overwrite") == 1
+    assert "holds a run of an earlier version of this project" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "history.csv"]
+
+
 def test_the_current_folder_is_no_output_dir_if_it_holds_other_files(tmp_path, small_mnist,
                                                                      monkeypatch, capsys):
     (tmp_path / "notes.txt").write_text("mine")
