@@ -29,7 +29,7 @@ import keras
 from keras import layers
 
 from errors import run_main
-from evaluation import write_metrics
+from evaluation import conditional_accuracy, write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
 from runs import load_trained_model, precision, start_run
@@ -58,6 +58,9 @@ BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # Adam's step size; 1e-3 is Keras' default and the reference's
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
+# Evaluation
+IWAE_SAMPLES = 100  # draws of z per test image for the log-likelihood bound (1 gives the ELBO)
+IWAE_IMAGES = 100  # test images (a seeded choice) the log-likelihood is estimated on
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
 # Output
@@ -173,9 +176,15 @@ def digit_decoder(vae):
     return lambda z, digits: keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
 
 
+def digit_encoder(vae):
+    """encode(images, digits) -> z_mean, with the digits given by index as above."""
+    return lambda images, digits: keras.ops.convert_to_numpy(
+        vae.encode(images, class_index(digits))[0])
+
+
 def save_figures(vae, test_images, test_digits, config):
-    z_mean, _ = vae.encode(test_images, class_index(test_digits))
-    plot_conditional_vae_figures(digit_decoder(vae), keras.ops.convert_to_numpy(z_mean),
+    z_mean = digit_encoder(vae)(test_images, test_digits)
+    plot_conditional_vae_figures(digit_decoder(vae), z_mean,
                                  test_images, test_digits, config.output_dir, LOSS_SCALE,
                                  config.beta, seed=config.seed,
                                  examples_shown=config.examples_shown)
@@ -208,8 +217,8 @@ def main(argv=None):
         train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
                                   config.batch_size, shuffle_buffer=len(train_images),
                                   seed=config.seed)
-        test_data = make_dataset(*inputs_and_targets(test_images, test_digits),
-                                 config.batch_size)
+        test_pairs = inputs_and_targets(test_images, test_digits)
+        test_data = make_dataset(*test_pairs, config.batch_size)
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
@@ -217,7 +226,11 @@ def main(argv=None):
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume)
         stopwatch.lap("training")
-        write_metrics(vae, test_data, LOSS_SCALE, config)
+        # Does the decoder draw the digit it is given? A classifier judges.
+        accuracy = conditional_accuracy(digit_decoder(vae), digit_encoder(vae), vae.latent_dim,
+                                        test_images, test_digits, seed=config.seed)
+        write_metrics(vae, test_pairs, LOSS_SCALE, config,
+                      extra={"conditional_accuracy": accuracy})
         stopwatch.lap("evaluation")
         save_figures(vae, test_images, test_digits, config)
         stopwatch.lap("figures")

@@ -66,6 +66,9 @@ SHUFFLE_BUFFER = 1024  # the reference's shuffle buffer (60,000 would shuffle fu
 LEARNING_RATE = 1e-3  # Adam's step size; 1e-3 is Keras' default and the reference's
 SEED = 42  # seeds weights, shuffling, sampling and noise: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
+# Evaluation
+IWAE_SAMPLES = 100  # draws of z per test image for the log-likelihood bound (1 gives the ELBO)
+IWAE_IMAGES = 100  # test images (a seeded choice) the log-likelihood is estimated on
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in restorations.png
 # Output
@@ -262,7 +265,7 @@ def explore(config, images_shown=100):
     check_explorer_can_open()
     vae = load_trained_model(config.output_dir, "denoising_vae")
     # Damage the test digits exactly as the run that trained the model did.
-    run = load_run_config(config.output_dir)
+    run = load_run_config(config.output_dir, corruption=CORRUPTIONS, seed=int)
     (_, _), (clean, _) = load_mnist_images(0, images_shown)
     damaged = corrupt(clean, run.corruption, run.seed + 1)
     return show_explorer(RestorationExplorer(damaged, restore(vae, damaged, images_shown),
@@ -285,7 +288,8 @@ def main(argv=None):
         # The test damage is drawn apart from the training damage (another seed).
         test_damaged, test_clean = inputs_and_targets(test_images, config.corruption,
                                                       config.seed + 1)
-        test_data = make_dataset(test_damaged, test_clean, config.batch_size)
+        test_pairs = (test_damaged, test_clean)
+        test_data = make_dataset(*test_pairs, config.batch_size)
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
@@ -297,7 +301,7 @@ def main(argv=None):
         damaged_quality = image_quality(test_damaged, test_images)
         restored_quality = image_quality(restored, test_images)
         restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
-        metrics = write_metrics(vae, test_data, LOSS_SCALE, config,
+        metrics = write_metrics(vae, test_pairs, LOSS_SCALE, config,
                                 extra={"restoration": restoration})
         psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
         print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "

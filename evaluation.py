@@ -7,9 +7,14 @@ here are per image for every chapter, so the three can be compared.
 
 import math
 
+import keras
+import numpy as np
 from keras import ops
 
+from digit_classifier import load_digit_classifier
+from image_data import NUM_CLASSES, make_dataset
 from runs import read_history, save_json
+from training_loops import reconstruction_loss
 
 
 def evaluate_per_image(vae, dataset):
@@ -33,16 +38,20 @@ def evaluate_per_image(vae, dataset):
     }
 
 
-def write_metrics(vae, test_data, loss_scale, config, extra=None):
+def write_metrics(vae, test_pairs, loss_scale, config, extra=None):
     """Writes metrics.json into `config.output_dir` and prints its headline:
-    the final training loss on the chapter's own scale and the test loss per
-    image (comparable across chapters). `extra` adds a chapter's entries."""
+    the final training loss on the chapter's own scale, the test loss per
+    image (comparable across chapters) and the log-likelihood bound.
+    `test_pairs` are the test (inputs, targets) as the model takes them;
+    `extra` adds a chapter's entries."""
     history = read_history(config.output_dir / "history.csv")
     metrics = {
         # Exact sums over the test images divided by their number. The last
         # epoch's val_loss differs a little: it averages batch values, so a
         # short last batch weighs as much as a full one, and z is sampled anew.
-        "test_per_image": evaluate_per_image(vae, test_data),
+        "test_per_image": evaluate_per_image(
+            vae, make_dataset(*test_pairs, config.batch_size)),
+        "test_negative_log_likelihood": _test_likelihood(vae, test_pairs, config),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
         "beta": vae.beta,  # loss = reconstruction + beta * KL
@@ -51,10 +60,26 @@ def write_metrics(vae, test_data, loss_scale, config, extra=None):
         **(extra or {}),
     }
     save_json(metrics, config.output_dir / "metrics.json")
+    likelihood = metrics["test_negative_log_likelihood"]
     print(f"Final training loss ({loss_scale}, beta {vae.beta}): "
           f"{metrics['final_train_loss']:.2f}; "
-          f"test loss per image: {metrics['test_per_image']['loss']:.2f}")
+          f"test loss per image: {metrics['test_per_image']['loss']:.2f}; "
+          f"-log p(x) per image on {likelihood['images']} test images: "
+          f"{likelihood['iwae']:.2f} nats (importance-weighted, k={likelihood['samples']}), "
+          f"{likelihood['elbo']:.2f} (ELBO)")
     return metrics
+
+
+def _test_likelihood(vae, test_pairs, config):
+    """The importance-weighted -log p(x) on a seeded choice of test images."""
+    inputs, targets = test_pairs
+    count = min(config.iwae_images, len(targets))
+    chosen = np.sort(np.random.default_rng(config.seed).choice(len(targets), count,
+                                                              replace=False))
+    subset = keras.tree.map_structure(lambda array: array[chosen], inputs)
+    return {**importance_weighted_nll(vae, subset, targets[chosen], config.iwae_samples,
+                                      seed=config.seed),
+            "samples": config.iwae_samples, "images": count}
 
 
 def _per_image(vae, history, config):
@@ -71,3 +96,94 @@ def _per_image(vae, history, config):
                  "sum": lambda value: value * batches / config.train_samples}
     return float(per_image[vae.reconstruction_reduction](history["reconstruction_loss"][-1])
                  + vae.beta * per_image[vae.kl_reduction](history["kl_loss"][-1]))
+
+
+# ---------------------------------------------------------------------------
+# Does the decoder draw the digit it is asked for?
+# ---------------------------------------------------------------------------
+
+
+def conditional_accuracy(decode, encode, latent_dim, test_images, test_digits, seed,
+                         samples_per_class=100):
+    """The share of decoded images that the digit classifier reads as the
+    digit the decoder was given, overall and per digit, for
+
+    * `prior_samples`: `samples_per_class` codes z ~ N(0, I) per digit (drawn
+      from `seed`), decoded as that digit: what "ask for a 7" gives;
+    * `test_reconstructions`: each test image decoded from its z_mean.
+
+    `decode(z, digits)` and `encode(images, digits)` -> z_mean come from the
+    chapter, which knows how its labels enter the model.
+    """
+    classifier = load_digit_classifier()
+    digits = np.repeat(np.arange(NUM_CLASSES), samples_per_class)
+    z = np.random.default_rng(seed).standard_normal((len(digits), latent_dim))
+    samples = decode(z.astype("float32"), digits)
+    reconstructions = decode(encode(test_images, test_digits), test_digits)
+    accuracy = {"prior_samples": _accuracy(classifier, samples, digits),
+                "test_reconstructions": _accuracy(classifier, reconstructions, test_digits)}
+    print(f"Conditional accuracy (a digit classifier reads the digit asked for): "
+          f"{accuracy['prior_samples']['overall']:.1%} of samples from the prior, "
+          f"{accuracy['test_reconstructions']['overall']:.1%} of test reconstructions")
+    return accuracy
+
+
+def _accuracy(classifier, images, digits):
+    predicted = np.argmax(classifier.predict(images, batch_size=500, verbose=0), axis=1)
+    correct = predicted == np.asarray(digits)
+    return {"overall": float(correct.mean()),
+            "per_class": [float(correct[digits == digit].mean())
+                          for digit in range(NUM_CLASSES)]}
+
+
+# ---------------------------------------------------------------------------
+# How likely are the test images? The importance-weighted bound
+# ---------------------------------------------------------------------------
+
+
+def importance_weighted_nll(vae, inputs, targets, samples, seed, decodes_per_call=4096):
+    """-log p(targets | inputs) per image, in nats, estimated with the
+    importance-weighted bound of Burda et al. (2016) from `samples` draws of
+    z ~ q(z | inputs) per image, and the ELBO's -log p on the same images.
+
+    log p(x) >= log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x): with k = 1
+    this is the ELBO; it tightens towards log p(x) as k grows. `inputs` and
+    `targets` are NumPy arrays (or tuples of them) as the model takes them.
+    Returns the means over the images, in nats: "iwae" and "elbo", and the
+    standard error of "iwae" from the spread between images.
+    """
+    images_and_labels = inputs if vae.conditional else (inputs, None)
+    batch_size = max(1, decodes_per_call // samples)  # images per call
+    iwae, elbo = [], []
+    for start in range(0, len(targets), batch_size):
+        batch = slice(start, start + batch_size)
+        images, labels = (part[batch] if part is not None else None
+                          for part in images_and_labels)
+        bounds = _bounds(vae, images, labels, targets[batch], samples, seed=seed + start)
+        iwae.append(-ops.convert_to_numpy(bounds[0]))
+        elbo.append(-ops.convert_to_numpy(bounds[1]))
+    iwae, elbo = np.concatenate(iwae), np.concatenate(elbo)
+    return {"iwae": float(iwae.mean()), "elbo": float(elbo.mean()),
+            "iwae_standard_error": float(iwae.std(ddof=1) / np.sqrt(len(iwae)))
+            if len(iwae) > 1 else None}
+
+
+def _bounds(vae, images, labels, targets, samples, seed):
+    """Per image: the importance-weighted bound and the ELBO on log p."""
+    z_mean, z_log_var = vae.encode(images, labels)
+    n, latent_dim = ops.shape(z_mean)
+    epsilon = keras.random.normal((samples, n, latent_dim), seed=seed)
+    z = z_mean + ops.exp(0.5 * z_log_var) * epsilon  # (samples, n, latent_dim)
+    repeat = lambda tensor: ops.reshape(  # noqa: E731  (samples, n, ...) -> (samples * n, ...)
+        ops.broadcast_to(tensor, (samples, *ops.shape(tensor))), (-1, *ops.shape(tensor)[1:]))
+    logits = vae.decode_logits(ops.reshape(z, (-1, latent_dim)),
+                               None if labels is None else repeat(ops.convert_to_tensor(labels)))
+    log_p_x_given_z = -ops.reshape(
+        reconstruction_loss(repeat(ops.convert_to_tensor(targets)), logits), (samples, n))
+    log_2pi = math.log(2 * math.pi)
+    log_p_z = -0.5 * ops.sum(ops.square(z) + log_2pi, axis=-1)
+    log_q_z = -0.5 * ops.sum(ops.square(epsilon) + log_2pi + z_log_var, axis=-1)
+    log_weights = log_p_x_given_z + log_p_z - log_q_z  # (samples, n)
+    iwae = ops.logsumexp(log_weights, axis=0) - math.log(samples)
+    elbo = ops.mean(log_weights, axis=0)
+    return iwae, elbo

@@ -30,7 +30,7 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
     its trailing comment is its help text and its value the default.
     Numbers must be positive, except the names in `non_negative`; `choices`
     maps a NAME to its allowed values. Returns an `argparse.Namespace` with
-    lower-case names, plus `resume`, `overwrite` and `explore`.
+    lower-case names, plus `resume`, `overwrite`, `explore` and `script`.
     """
     choices = choices or {}
     script = Path(script_globals["__file__"])
@@ -71,6 +71,9 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
         help="open the interactive explorer on the model the last run saved in "
         "--output-dir, instead of training",
     )
+    # The script's name travels with the settings, so that a --resume by
+    # another chapter's script is refused like any other changed setting.
+    parser.set_defaults(script=script.name)
     return parser.parse_args(argv)
 
 
@@ -116,6 +119,8 @@ INTEGER_LIMITS = {
     "LATENT_DIM": (4096, "to fit in memory"),
     "EMBEDDING_DIM": (4096, "to fit in memory"),
     "EXAMPLES_SHOWN": (100, "to keep the figure readable"),
+    "IWAE_SAMPLES": (10_000, "to fit in memory"),
+    "IWAE_IMAGES": (10_000, "MNIST's test images"),
 }
 
 

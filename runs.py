@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 try:
@@ -43,7 +44,7 @@ from errors import RunError, RunInterrupted
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume.
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
-                     "examples_shown"}
+                     "examples_shown", "iwae_samples", "iwae_images"}
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"
@@ -236,6 +237,7 @@ class Stopwatch:
 
 
 def _interrupted_message(output_dir):
+    recover_backup(output_dir / "backup")  # a stop between the backup's two renames
     finished = _finished_epochs(output_dir / "backup")
     _drop_empty_history(output_dir / "history.csv")
     if not finished:
@@ -407,11 +409,14 @@ def load_trained_model(output_dir, model_name):
     retrain = f"Train one first: python {model_name}.py --output-dir {path.parent}"
     if not path.exists():
         raise RunError(f"no trained model at {path}. {retrain}")
+    if not zipfile.is_zipfile(path):  # Keras would call it "not found"
+        raise RunError(f"{path} is not a Keras model file (a .keras file is a zip "
+                       f"archive), or it is damaged. {retrain}")
     try:
         vae = keras.models.load_model(path)
     except Exception as error:  # a damaged or foreign file fails in many ways
         first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise RunError(f"cannot load {path}: {first_line}. {retrain}") from None
+        raise RunError(f"cannot load {path}: {first_line.rstrip('.')}. {retrain}") from None
     if vae.name != model_name:
         raise RunError(f"{path} holds a {vae.name} model, not one of {model_name}.py. "
                        f"{retrain}")
@@ -423,15 +428,25 @@ def load_trained_model(output_dir, model_name):
     return vae
 
 
-def load_run_config(output_dir):
-    """The config.json of the run that wrote `output_dir`, as a Namespace."""
+def load_run_config(output_dir, **allowed):
+    """The config.json of the run that wrote `output_dir`, as a Namespace.
+
+    `allowed` maps a setting that must be there to its type or its allowed
+    values: `load_run_config(folder, seed=int, corruption=CORRUPTIONS)`.
+    """
     path = Path(output_dir) / "config.json"
     try:
-        return argparse.Namespace(**json.loads(path.read_text()))
+        run = argparse.Namespace(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as error:  # missing, unreadable, not JSON
         raise RunError(f"cannot read the settings of the run in {output_dir} from "
                        f"{path}: {error.strerror if isinstance(error, OSError) else error}"
                        ) from None
+    for name, kind in allowed.items():
+        value = getattr(run, name, None)
+        if not (isinstance(value, kind) if isinstance(kind, type) else value in kind):
+            raise RunError(f"{path} gives {name} as {value!r}, which no run of this "
+                           "script writes: retrain, or restore the file")
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -458,7 +473,9 @@ def atomic_path(path):
 
 
 def _temporary_path(path):
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+    # Hidden, and ending as `path` does: Keras picks the format by the end
+    # of the name (".keras", ".weights.h5").
+    return path.with_name(f".partial-{path.name}")
 
 
 # ---------------------------------------------------------------------------

@@ -11,10 +11,16 @@ Each grid is decoded in one batched call.
 """
 
 import os
+import sys
 from statistics import NormalDist
 
 import numpy as np
-from matplotlib import pyplot
+
+try:
+    from matplotlib import pyplot
+except ValueError as error:  # Matplotlib refuses an unknown MPLBACKEND on import
+    sys.exit(f"error: MPLBACKEND={os.environ.get('MPLBACKEND')} is not a Matplotlib "
+             "backend: unset it, or set it to one such as Agg (files only) or TkAgg")
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -327,10 +333,17 @@ class ExplorerUnavailable(RunError):
 
 def check_explorer_can_open():
     """Raises ExplorerUnavailable, with what to do, where no window can open."""
-    backend = pyplot.get_backend().lower()
+    requested = os.environ.get("MPLBACKEND")
+    backend = pyplot.get_backend()
+    try:
+        pyplot.switch_backend(backend)  # loads it: a missing toolkit fails here
+    except (ImportError, RuntimeError) as error:
+        raise ExplorerUnavailable(f"Matplotlib's backend {backend} cannot open a window "
+                                  f"here ({error}). Unset MPLBACKEND, or set it to an "
+                                  "interactive backend such as TkAgg or QtAgg.") from None
+    backend = backend.lower()
     if backend not in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
         return
-    requested = os.environ.get("MPLBACKEND")
     if not requested:
         reason = "Matplotlib has no interactive backend here (no display?)"
     elif requested.lower() == backend:

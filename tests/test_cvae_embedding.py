@@ -90,7 +90,7 @@ def finished_run(tmp_path_factory, mnist_slice_npz):
     output_dir = tmp_path_factory.mktemp("embedding_run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MNIST_PATH", str(mnist_slice_npz))
-        vae = cvae_embedding.main(["--epochs", "1", "--train-samples", "1000",
+        vae = cvae_embedding.main(["--iwae-samples", "8", "--iwae-images", "32", "--epochs", "1", "--train-samples", "1000",
                                    "--test-samples", "256", "--batch-size", "64",
                                    "--output-dir", str(output_dir)])
     return output_dir, vae

@@ -142,7 +142,7 @@ def finished_run(tmp_path_factory, mnist_larger_slice_npz):
     output_dir = tmp_path_factory.mktemp("denoising_run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MNIST_PATH", str(mnist_larger_slice_npz))
-        vae = denoising_vae.main(["--epochs", "8", "--train-samples", "6000",
+        vae = denoising_vae.main(["--iwae-samples", "8", "--iwae-images", "32", "--epochs", "8", "--train-samples", "6000",
                                   "--test-samples", "500", "--batch-size", "32",
                                   "--learning-rate", "2e-3", "--output-dir", str(output_dir)])
     return output_dir, vae

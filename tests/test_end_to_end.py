@@ -20,7 +20,8 @@ from training_loops import train
 
 FIGURES = ["latent_space.png", "generated_digits.png", "reconstructions.png",
            "training_curves.png"] + [f"manifold_digit_{d}.png" for d in range(10)]
-SMALL_RUN = ["--train-samples", "1024", "--test-samples", "256", "--batch-size", "64"]
+SMALL_RUN = ["--train-samples", "1024", "--test-samples", "256", "--batch-size", "64",
+             "--iwae-samples", "8", "--iwae-images", "32"]
 
 
 def run_script(output_dir, *flags):
@@ -75,13 +76,26 @@ def test_history_metrics_and_config_are_written(finished_run):
     assert history["loss"][-1] == pytest.approx(
         history["reconstruction_loss"][-1] + 2 * history["kl_loss"][-1], rel=1e-5)
     assert metrics["final_train_loss_per_image"] == pytest.approx(history["loss"][-1], rel=1e-5)
+    # The importance-weighted bound lies below the ELBO's -log p; on the
+    # subset the ELBO is near the test loss's reconstruction + KL (beta 1).
+    likelihood = metrics["test_negative_log_likelihood"]
+    assert likelihood["samples"] == 8 and likelihood["images"] == 32
+    assert 0 < likelihood["iwae"] <= likelihood["elbo"]
+    assert likelihood["elbo"] == pytest.approx(
+        per_image["reconstruction_loss"] + per_image["kl_loss"], rel=0.15)
+    accuracy = metrics["conditional_accuracy"]
+    for kind in ("prior_samples", "test_reconstructions"):
+        assert len(accuracy[kind]["per_class"]) == 10
+        assert 0 <= accuracy[kind]["overall"] <= 1
+        assert accuracy[kind]["overall"] == pytest.approx(np.mean(accuracy[kind]["per_class"]),
+                                                          abs=0.1)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 1 and config["train_samples"] == 1024
     timings = json.loads((run_dir / "timings.json").read_text())
     assert list(timings) == ["data", "training", "evaluation", "figures", "total"]
     assert all(seconds >= 0 for seconds in timings.values()) and timings["training"] > 0
     assert timings["total"] == pytest.approx(sum(list(timings.values())[:-1]), abs=0.05)
-    assert not list(run_dir.glob(".*partial*"))  # no half-written files
+    assert not list(run_dir.glob(".partial-*"))  # no half-written files
     assert not (run_dir / "backup").exists()  # a finished run keeps no backup
 
 

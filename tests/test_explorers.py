@@ -1,7 +1,12 @@
 """The interactive explorers (--explore) and the latent-traversal GIF."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -98,8 +103,9 @@ def test_a_backend_that_cannot_open_a_window_is_named(backend, asked, message, m
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda path: path.write_bytes(b""), "cannot load"),
-    (lambda path: path.write_bytes(b"PK\x03\x04 not a model"), "cannot load"),
+    (lambda path: path.write_bytes(b""), "is not a Keras model file"),
+    (lambda path: path.write_bytes(b"PK\x03\x04 not a model"), "is not a Keras model file"),
+    (lambda path: zipfile.ZipFile(path, "w").writestr("config.json", "{}"), "cannot load"),
     (lambda path: save_untrained(cvae_embedding, path.parent, build=(2, 8)).save(path),
      "holds a cvae_embedding model, not one of cvae_onehot.py"),
 ])
@@ -115,15 +121,42 @@ def test_explore_on_a_damaged_or_foreign_model_names_the_file(tmp_path, damage, 
     assert str(tmp_path / "cvae_onehot.keras") in error
 
 
-def test_the_denoising_explorer_needs_the_runs_settings(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("damage", [
+    lambda path: path.unlink(),
+    lambda path: path.write_text('{"corruption": "bogus", "seed": 1}'),
+    lambda path: path.write_text('{"corruption": "blur"}'),
+])
+def test_the_denoising_explorer_needs_the_runs_settings(tmp_path, damage, capsys, monkeypatch):
     save_untrained(denoising_vae, tmp_path)
-    (tmp_path / "config.json").unlink()
+    damage(tmp_path / "config.json")
     pretend_there_is_a_display(monkeypatch, denoising_vae)
     with pytest.raises(SystemExit) as exit_info:
         errors.run_main(lambda: denoising_vae.main(["--explore", "--output-dir", str(tmp_path)]))
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"{tmp_path / 'config.json'}" in error
+
+
+def test_a_backend_that_cannot_be_loaded_is_named(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "module://no_such_backend")
+    monkeypatch.setattr(visualization_utils.pyplot, "get_backend",
+                        lambda: "module://no_such_backend")
+    with pytest.raises(visualization_utils.ExplorerUnavailable,
+                       match="module://no_such_backend cannot open a window here"):
+        visualization_utils.check_explorer_can_open()
+
+
+def test_an_unknown_backend_stops_a_script_in_one_line():
+    # Matplotlib refuses it on import, before any chapter code runs.
+    result = subprocess.run([sys.executable, "-c", "import visualization_utils"],
+                            cwd=Path(visualization_utils.__file__).parent,
+                            env={**os.environ, "MPLBACKEND": "nonsense"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: MPLBACKEND=nonsense is not a Matplotlib backend: unset it, or set it to "
+        "one such as Agg (files only) or TkAgg")
+    assert "Traceback" not in result.stderr
 
 
 def test_the_latent_explorer_needs_a_2d_latent_space():

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark import CHAPTERS  # noqa: E402  (each model, fed as its script feeds it)
 
 SMALL_RUN = ["--train-samples", "1024", "--test-samples", "256", "--batch-size", "64",
-             "--epochs", "1"]
+             "--epochs", "1", "--iwae-samples", "8", "--iwae-images", "32"]
 
 
 def posterior_mean_losses(vae, inputs, targets):

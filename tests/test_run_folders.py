@@ -2,11 +2,14 @@
 cvae_onehot.py on a small slice of MNIST)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+import cvae_embedding
 import cvae_onehot
 import errors
+import runs
 from runs import RUN_FILES
 from test_end_to_end import (history_epochs, interrupt_backup_at_epoch, run_interrupted,
                              run_script)
@@ -133,3 +136,33 @@ def test_resume_and_overwrite_cannot_be_combined(tmp_path, capsys):
         run_script(tmp_path, "--resume", "--overwrite")
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_another_chapters_script_cannot_resume_a_run(tmp_path, small_mnist, monkeypatch,
+                                                     capsys):
+    run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
+    with pytest.raises(SystemExit) as exit_info:
+        cvae_embedding.main(["--train-samples", "1024", "--test-samples", "256",
+                             "--epochs", "2", "--output-dir", str(tmp_path), "--resume"])
+    assert exit_info.value.code == 2
+    assert "script: cvae_onehot.py -> cvae_embedding.py" in capsys.readouterr().err
+
+
+def test_a_stop_between_the_backups_renames_still_says_what_is_backed_up(tmp_path,
+                                                                         small_mnist,
+                                                                         monkeypatch):
+    # Ctrl-C lands after the old backup was moved aside, before the new one
+    # took its place.
+    interrupted_renames = []
+    real_replace = runs.os.replace
+
+    def replace_then_stop(source, target):
+        real_replace(source, target)
+        if Path(target).name == "backup.previous":
+            interrupted_renames.append(target)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.os, "replace", replace_then_stop)
+    with pytest.raises(errors.RunInterrupted, match="1 finished epoch is backed up"):
+        run_script(tmp_path, "--epochs", "2")
+    assert interrupted_renames

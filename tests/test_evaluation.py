@@ -1,0 +1,108 @@
+"""What a trained model is measured by: the digit classifier, conditional
+accuracy and the importance-weighted log-likelihood bound."""
+
+import math
+
+import numpy as np
+import pytest
+from keras import ops
+
+import denoising_vae
+import digit_classifier
+import mnist
+from errors import RunError
+from evaluation import conditional_accuracy, importance_weighted_nll
+from image_data import images_to_float
+from training_loops import reconstruction_loss
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    """The first 256 MNIST test images as floats, and their digits."""
+    (_, _), (images, digits) = mnist.load_mnist(verbose=False)
+    return images_to_float(images[:256]), digits[:256]
+
+
+def test_the_shipped_classifier_reads_mnist_digits(test_digits):
+    images, digits = test_digits
+    predicted = digit_classifier.load_digit_classifier().predict(images, verbose=0).argmax(1)
+    assert np.mean(predicted == digits) >= 0.98
+
+
+def test_a_missing_classifier_says_how_to_make_it(tmp_path):
+    with pytest.raises(RunError, match="Make it with: python digit_classifier.py"):
+        digit_classifier.load_digit_classifier(tmp_path / "none.weights.h5")
+
+
+def decoder_drawing(images, digits, shift):
+    """A stand-in decoder that draws a real test image of digit (d + shift)."""
+    first_of = {digit: images[np.argmax(digits == digit)] for digit in range(10)}
+    return lambda z, asked: np.stack([first_of[(int(d) + shift) % 10] for d in asked])
+
+
+@pytest.mark.parametrize("shift, expected", [(0, 1.0), (1, 0.0)])
+def test_conditional_accuracy_is_the_share_of_images_read_as_the_digit_asked(
+        test_digits, shift, expected, capsys):
+    images, digits = test_digits
+    decode = decoder_drawing(images, digits, shift)
+    encode = lambda images, digits: np.zeros((len(images), 2), "float32")  # noqa: E731
+    accuracy = conditional_accuracy(decode, encode, 2, images, digits, seed=0,
+                                    samples_per_class=3)
+    for kind in ("prior_samples", "test_reconstructions"):
+        assert accuracy[kind]["overall"] == pytest.approx(expected)
+        assert accuracy[kind]["per_class"] == pytest.approx([expected] * 10)
+    assert f"{expected:.1%} of samples from the prior" in capsys.readouterr().out
+
+
+def test_the_importance_weighted_bound_approaches_the_exact_likelihood(test_digits):
+    # With a 1-d z, log p(x) = log of the integral of p(x | z) p(z) dz can be
+    # computed on a fine grid; the bound must lie above -log p(x) (up to
+    # sampling noise), closer with more samples, and below the ELBO.
+    images, _ = test_digits
+    vae = denoising_vae.build_vae(latent_dim=1, seed=0, beta=1.0)
+    targets = images[:2]
+    grid = np.linspace(-8.0, 8.0, 4001, dtype="float32")
+    exact = []
+    for target in targets:
+        logits = vae.decode_logits(grid[:, None])
+        log_p_x_given_z = -ops.convert_to_numpy(reconstruction_loss(
+            np.repeat(target[None], len(grid), axis=0), logits))
+        log_p_z = -0.5 * (grid**2 + math.log(2 * math.pi))
+        log_terms = log_p_x_given_z + log_p_z + math.log(grid[1] - grid[0])
+        exact.append(-np.logaddexp.reduce(log_terms.astype("float64")))
+    exact = float(np.mean(exact))
+
+    few = importance_weighted_nll(vae, targets, targets, samples=5, seed=0)
+    many = importance_weighted_nll(vae, targets, targets, samples=2000, seed=0)
+    assert many["iwae"] == pytest.approx(exact, abs=0.5)
+    assert exact - 0.5 <= many["iwae"] <= few["iwae"] + 0.5
+    assert many["iwae"] <= many["elbo"]
+
+
+def test_one_sample_gives_the_elbo(test_digits):
+    images, _ = test_digits
+    vae = denoising_vae.build_vae(latent_dim=4, seed=0, beta=1.0)
+    bounds = importance_weighted_nll(vae, images[:8], images[:8], samples=1, seed=3)
+    assert bounds["iwae"] == pytest.approx(bounds["elbo"], rel=1e-6)
+
+
+def test_the_classifier_script_trains_reloadable_weights(small_mnist, tmp_path, capsys):
+    output = tmp_path / "classifier.weights.h5"
+    accuracy = digit_classifier.main(["--epochs", "1", "--train-samples", "1024",
+                                      "--test-samples", "256", "--output", str(output)])
+    assert accuracy > 0.5  # far above the 10% of guessing, after one short epoch
+    assert f"wrote {output}" in capsys.readouterr().out
+    reloaded = digit_classifier.load_digit_classifier(output)
+    assert reloaded.count_params() == 34_826
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "classifier.h5"], "--output must end in .weights.h5"),
+    (["--epochs", "0"], "expected an integer from 1 to 100, got '0'"),
+])
+def test_the_classifier_script_refuses_bad_flags_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        digit_classifier.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
