@@ -29,7 +29,7 @@ import keras
 from keras import layers
 
 from errors import run_main
-from evaluation import conditional_accuracy, write_metrics
+from evaluation import conditional_accuracy, embedding_matches_digit_likeness, write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
 from runs import load_trained_model, precision, start_run
@@ -188,10 +188,12 @@ def save_figures(vae, test_images, test_digits, config):
                                  test_images, test_digits, config.output_dir, LOSS_SCALE,
                                  config.beta, seed=config.seed,
                                  examples_shown=config.examples_shown)
-    # The table itself: row d is the vector the model learned for digit d.
-    table = vae.label_embedding.get_layer("table").embeddings
-    plot_label_embedding(keras.ops.convert_to_numpy(table),
-                         config.output_dir / "label_embedding.png")
+    plot_label_embedding(learned_table(vae), config.output_dir / "label_embedding.png")
+
+
+def learned_table(vae):
+    """The table itself: row d is the vector the model learned for digit d."""
+    return keras.ops.convert_to_numpy(vae.label_embedding.get_layer("table").embeddings)
 
 
 # ## Explore
@@ -229,8 +231,12 @@ def main(argv=None):
         # Does the decoder draw the digit it is given? A classifier judges.
         accuracy = conditional_accuracy(digit_decoder(vae), digit_encoder(vae), vae.latent_dim,
                                         test_images, test_digits, seed=config.seed)
+        # Does the table place digits that look alike near each other?
+        likeness = embedding_matches_digit_likeness(learned_table(vae), test_images,
+                                                    test_digits, seed=config.seed)
         write_metrics(vae, test_pairs, LOSS_SCALE, config,
-                      extra={"conditional_accuracy": accuracy})
+                      extra={"conditional_accuracy": accuracy,
+                             "label_embedding_vs_digit_likeness": likeness})
         stopwatch.lap("evaluation")
         save_figures(vae, test_images, test_digits, config)
         stopwatch.lap("figures")

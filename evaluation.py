@@ -15,6 +15,7 @@ from digit_classifier import load_digit_classifier
 from image_data import NUM_CLASSES, make_dataset
 from runs import read_history, save_json
 from training_loops import reconstruction_loss
+from visualization_utils import cosine_similarity
 
 
 def evaluate_per_image(vae, dataset):
@@ -187,3 +188,46 @@ def _bounds(vae, images, labels, targets, samples, seed):
     iwae = ops.logsumexp(log_weights, axis=0) - math.log(samples)
     elbo = ops.mean(log_weights, axis=0)
     return iwae, elbo
+
+
+# ---------------------------------------------------------------------------
+# Does a learned label embedding place alike digits near each other?
+# ---------------------------------------------------------------------------
+
+
+def embedding_matches_digit_likeness(table, images, digits, seed, permutations=10_000):
+    """Compares the embedding's similarity of each pair of digits with how
+    alike the two digits look, over the 45 pairs.
+
+    How alike two digits look is the cosine similarity of their mean
+    images (over `images`), a measure that knows nothing of the model. The
+    two are compared by Spearman's rank correlation. Its p-value comes from
+    a permutation (Mantel) test: the rows of `table` are given to the digits
+    in a random order `permutations` times, and p is the share of orders that
+    correlate at least as well. (The 45 pairs are not independent, so the
+    usual p-value of a rank correlation would not hold.)
+    """
+    embedding_similarity = cosine_similarity(np.asarray(table, "float64"))
+    mean_images = np.stack([images[digits == digit].reshape(-1, images[0].size).mean(axis=0)
+                            for digit in range(NUM_CLASSES)]).astype("float64")
+    likeness = cosine_similarity(mean_images)
+    pairs = np.triu_indices(NUM_CLASSES, k=1)
+    observed = _rank_correlation(embedding_similarity[pairs], likeness[pairs])
+    rng = np.random.default_rng(seed)
+    as_good = sum(
+        _rank_correlation(embedding_similarity[np.ix_(order, order)][pairs],
+                          likeness[pairs]) >= observed
+        for order in (rng.permutation(NUM_CLASSES) for _ in range(permutations)))
+    result = {"spearman": float(observed),
+              "p_value": (1 + as_good) / (1 + permutations),
+              "pairs": len(pairs[0]), "permutations": permutations,
+              "likeness": "cosine similarity of the digits' mean test images"}
+    print(f"Label embedding against how alike the digits look: Spearman "
+          f"{result['spearman']:.2f} over {result['pairs']} pairs, "
+          f"permutation p = {result['p_value']:.3f}")
+    return result
+
+
+def _rank_correlation(first, second):
+    """Spearman's rank correlation (no ties among real-valued similarities)."""
+    return np.corrcoef(np.argsort(np.argsort(first)), np.argsort(np.argsort(second)))[0, 1]

@@ -22,7 +22,6 @@ except ValueError as error:  # Matplotlib refuses an unknown MPLBACKEND on impor
     sys.exit(f"error: MPLBACKEND={os.environ.get('MPLBACKEND')} is not a Matplotlib "
              "backend: unset it, or set it to one such as Agg (files only) or TkAgg")
 from matplotlib.animation import FuncAnimation, PillowWriter
-from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -331,6 +330,10 @@ class ExplorerUnavailable(RunError):
     """No window can be opened on this machine."""
 
 
+# Matplotlib's built-in backends that draw to files and never open a window.
+FILE_ONLY_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
 def check_explorer_can_open():
     """Raises ExplorerUnavailable, with what to do, where no window can open."""
     requested = os.environ.get("MPLBACKEND")
@@ -342,7 +345,7 @@ def check_explorer_can_open():
                                   f"here ({error}). Unset MPLBACKEND, or set it to an "
                                   "interactive backend such as TkAgg or QtAgg.") from None
     backend = backend.lower()
-    if backend not in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
+    if backend not in FILE_ONLY_BACKENDS:
         return
     if not requested:
         reason = "Matplotlib has no interactive backend here (no display?)"

@@ -115,6 +115,10 @@ def test_a_small_run_writes_every_output(finished_run):
     epoch_sum = 16 * (history["reconstruction_loss"][-1] + history["kl_loss"][-1])
     assert metrics["final_train_loss_per_image"] == pytest.approx(epoch_sum / 1000)
     assert all(math.isfinite(v) for v in metrics["test_per_image"].values())
+    likeness = metrics["label_embedding_vs_digit_likeness"]
+    assert likeness["pairs"] == 45 and -1 <= likeness["spearman"] <= 1
+    assert 0 < likeness["p_value"] <= 1
+    assert len(metrics["conditional_accuracy"]["prior_samples"]["per_class"]) == 10
     assert not (output_dir / "backup").exists()
 
 

@@ -11,7 +11,8 @@ import denoising_vae
 import digit_classifier
 import mnist
 from errors import RunError
-from evaluation import conditional_accuracy, importance_weighted_nll
+from evaluation import (conditional_accuracy, embedding_matches_digit_likeness,
+                        importance_weighted_nll)
 from image_data import images_to_float
 from training_loops import reconstruction_loss
 
@@ -106,3 +107,22 @@ def test_the_classifier_script_refuses_bad_flags_in_one_line(argv, message, caps
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error
+
+
+def test_an_embedding_that_copies_the_mean_images_matches_how_alike_digits_look(
+        test_digits, capsys):
+    images, digits = test_digits
+    mean_images = np.stack([images[digits == d].reshape(-1, 784).mean(0) for d in range(10)])
+    result = embedding_matches_digit_likeness(mean_images, images, digits, seed=0,
+                                              permutations=2000)
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["pairs"] == 45 and result["p_value"] < 0.01
+    assert "Spearman 1.00 over 45 pairs" in capsys.readouterr().out
+
+
+def test_a_random_embedding_does_not(test_digits):
+    images, digits = test_digits
+    table = np.random.default_rng(5).standard_normal((10, 8))
+    result = embedding_matches_digit_likeness(table, images, digits, seed=0,
+                                              permutations=2000)
+    assert abs(result["spearman"]) < 0.5 and result["p_value"] > 0.05
