@@ -12,6 +12,7 @@ import cvae_onehot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark  # noqa: E402
+import how_much_training  # noqa: E402
 
 
 def test_flops_of_the_one_hot_model_match_a_count_by_hand():
@@ -62,3 +63,20 @@ def test_quick_benchmark_measures_all_three_models_in_both_precisions(tmp_path, 
             ratio = row["project_ms_per_step"]["median"] / row["bare_ms_per_step"]["median"]
             assert abs(row["project_over_bare"]["median"] - ratio) < 1e-9
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.parametrize("chapter, measured", [
+    ("cvae_onehot", {"conditional_accuracy", "reconstruction_accuracy"}),
+    ("denoising_vae", {"psnr_db", "ssim"}),
+])
+def test_how_much_training_measures_after_the_epochs_asked(chapter, measured, small_mnist,
+                                                           tmp_path):
+    output = tmp_path / "rows.json"
+    rows = how_much_training.main([chapter, "--train-samples", "512", "--test-samples", "128",
+                                   "--after", "1", "2", "--output", str(output)])
+    assert [row["epochs"] for row in rows] == [1, 2]
+    assert json.loads(output.read_text())["rows"] == rows
+    for row in rows:
+        assert measured <= set(row) and row["test_loss_per_image"] > 0
+    assert 0 < rows[0]["training_seconds"] < rows[1]["training_seconds"]
+    assert rows[1]["test_loss_per_image"] < rows[0]["test_loss_per_image"]  # it learns
