@@ -175,12 +175,10 @@ def _bounds(vae, images, labels, targets, samples, seed):
     n, latent_dim = ops.shape(z_mean)
     epsilon = keras.random.normal((samples, n, latent_dim), seed=seed)
     z = z_mean + ops.exp(0.5 * z_log_var) * epsilon  # (samples, n, latent_dim)
-    repeat = lambda tensor: ops.reshape(  # noqa: E731  (samples, n, ...) -> (samples * n, ...)
-        ops.broadcast_to(tensor, (samples, *ops.shape(tensor))), (-1, *ops.shape(tensor)[1:]))
     logits = vae.decode_logits(ops.reshape(z, (-1, latent_dim)),
-                               None if labels is None else repeat(ops.convert_to_tensor(labels)))
+                               None if labels is None else _repeat(labels, samples))
     log_p_x_given_z = -ops.reshape(
-        reconstruction_loss(repeat(ops.convert_to_tensor(targets)), logits), (samples, n))
+        reconstruction_loss(_repeat(targets, samples), logits), (samples, n))
     log_2pi = math.log(2 * math.pi)
     log_p_z = -0.5 * ops.sum(ops.square(z) + log_2pi, axis=-1)
     log_q_z = -0.5 * ops.sum(ops.square(epsilon) + log_2pi + z_log_var, axis=-1)
@@ -188,6 +186,14 @@ def _bounds(vae, images, labels, targets, samples, seed):
     iwae = ops.logsumexp(log_weights, axis=0) - math.log(samples)
     elbo = ops.mean(log_weights, axis=0)
     return iwae, elbo
+
+
+def _repeat(array, times):
+    """(n, ...) -> (times * n, ...): the n rows, `times` times over, in the
+    order of z reshaped from (times, n, latent_dim)."""
+    array = ops.convert_to_tensor(array)
+    return ops.reshape(ops.broadcast_to(array, (times, *ops.shape(array))),
+                       (-1, *ops.shape(array)[1:]))
 
 
 # ---------------------------------------------------------------------------

@@ -135,8 +135,8 @@ def take_output_dir(config):
 
 
 def _refuse_foreign_files(output_dir):
-    foreign = sorted(path.name for path in output_dir.iterdir()
-                     if path.name not in _owned_names(output_dir))
+    owned = _owned_names(output_dir)
+    foreign = sorted(path.name for path in output_dir.iterdir() if path.name not in owned)
     if not foreign:
         return
     if "config.json" in foreign and not (output_dir / RUN_FILES).exists():
@@ -490,21 +490,26 @@ def _claim_names(folder, names, only_in_run_folder=False):
     record = Path(folder) / RUN_FILES
     if only_in_run_folder and not record.exists():
         return
-    claimed = json.loads(record.read_text()) if record.exists() else []
+    claimed = _claimed_names(folder)
     if record.exists() and set(names) <= set(claimed):
         return
+    # Written by hand, not with `atomic_path`, which calls this function.
     temporary = _temporary_path(record)
     temporary.write_text(json.dumps(sorted({*claimed, *names}), indent=0) + "\n")
     os.replace(temporary, record)
 
 
+def _claimed_names(folder):
+    """The names listed in the folder's .run-files.json (none if it has none)."""
+    record = Path(folder) / RUN_FILES
+    return json.loads(record.read_text()) if record.exists() else []
+
+
 def _owned_names(folder):
     """Every name in `folder` its run may write: the listed files, their
     temporary copies, the backup's two neighbours, the list and the lock."""
-    record = Path(folder) / RUN_FILES
-    claimed = json.loads(record.read_text()) if record.exists() else []
-    names = {RUN_FILES, _temporary_path(record).name, LOCK_FILE}
-    for name in claimed:
+    names = {RUN_FILES, _temporary_path(Path(folder) / RUN_FILES).name, LOCK_FILE}
+    for name in _claimed_names(folder):
         path = Path(folder) / name
         names |= {name, _temporary_path(path).name, *(p.name for p in _backup_siblings(path))}
     return names
