@@ -173,18 +173,16 @@ def build_vae(latent_dim, embedding_dim, seed, beta):
 def digit_decoder(vae):
     """decode(z, digits) for the figures and the explorer: the decoder is told
     the digit the way this chapter does it, by index, looked up in the learned table."""
-    return lambda z, digits: keras.ops.convert_to_numpy(vae.decode(z, class_index(digits)))
+    return lambda z, digits: vae.predict_images(z, class_index(digits))
 
 
 def digit_encoder(vae):
     """encode(images, digits) -> z_mean, with the digits given by index as above."""
-    return lambda images, digits: keras.ops.convert_to_numpy(
-        vae.encode(images, class_index(digits))[0])
+    return lambda images, digits: vae.predict_z_mean(images, class_index(digits))
 
 
-def save_figures(vae, test_images, test_digits, config):
-    z_mean = digit_encoder(vae)(test_images, test_digits)
-    plot_conditional_vae_figures(digit_decoder(vae), z_mean,
+def save_figures(vae, test_images, test_digits, test_z_mean, config):
+    plot_conditional_vae_figures(digit_decoder(vae), test_z_mean,
                                  test_images, test_digits, config.output_dir, LOSS_SCALE,
                                  config.beta, seed=config.seed,
                                  examples_shown=config.examples_shown)
@@ -228,9 +226,10 @@ def main(argv=None):
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume)
         stopwatch.lap("training")
+        test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.
-        accuracy = conditional_accuracy(digit_decoder(vae), digit_encoder(vae), vae.latent_dim,
-                                        test_images, test_digits, seed=config.seed)
+        accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_digits,
+                                        seed=config.seed)
         # Does the table place digits that look alike near each other?
         likeness = embedding_matches_digit_likeness(learned_table(vae), test_images,
                                                     test_digits, seed=config.seed)
@@ -238,7 +237,7 @@ def main(argv=None):
                       extra={"conditional_accuracy": accuracy,
                              "label_embedding_vs_digit_likeness": likeness})
         stopwatch.lap("evaluation")
-        save_figures(vae, test_images, test_digits, config)
+        save_figures(vae, test_images, test_digits, test_z_mean, config)
         stopwatch.lap("figures")
     return vae
 

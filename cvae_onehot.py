@@ -149,18 +149,16 @@ def build_vae(latent_dim, seed, beta):
 def digit_decoder(vae):
     """decode(z, digits) for the figures and the explorer: the decoder is told
     the digit the way this chapter does it, one-hot."""
-    return lambda z, digits: keras.ops.convert_to_numpy(vae.decode(z, one_hot(digits)))
+    return lambda z, digits: vae.predict_images(z, one_hot(digits))
 
 
 def digit_encoder(vae):
     """encode(images, digits) -> z_mean, with the digits given one-hot as above."""
-    return lambda images, digits: keras.ops.convert_to_numpy(
-        vae.encode(images, one_hot(digits))[0])
+    return lambda images, digits: vae.predict_z_mean(images, one_hot(digits))
 
 
-def save_figures(vae, test_images, test_digits, config):
-    z_mean = digit_encoder(vae)(test_images, test_digits)
-    plot_conditional_vae_figures(digit_decoder(vae), z_mean,
+def save_figures(vae, test_images, test_digits, test_z_mean, config):
+    plot_conditional_vae_figures(digit_decoder(vae), test_z_mean,
                                  test_images, test_digits, config.output_dir, LOSS_SCALE,
                                  config.beta, seed=config.seed,
                                  examples_shown=config.examples_shown)
@@ -198,13 +196,14 @@ def main(argv=None):
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume)
         stopwatch.lap("training")
+        test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.
-        accuracy = conditional_accuracy(digit_decoder(vae), digit_encoder(vae), vae.latent_dim,
-                                        test_images, test_digits, seed=config.seed)
+        accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_digits,
+                                        seed=config.seed)
         write_metrics(vae, test_pairs, LOSS_SCALE, config,
                       extra={"conditional_accuracy": accuracy})
         stopwatch.lap("evaluation")
-        save_figures(vae, test_images, test_digits, config)
+        save_figures(vae, test_images, test_digits, test_z_mean, config)
         stopwatch.lap("figures")
     return vae
 

@@ -24,6 +24,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -415,8 +416,10 @@ def load_trained_model(output_dir, model_name):
     try:
         vae = keras.models.load_model(path)
     except Exception as error:  # a damaged or foreign file fails in many ways
-        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise RunError(f"cannot load {path}: {first_line.rstrip('.')}. {retrain}") from None
+        # The first sentence says what failed; Keras may go on for pages.
+        message = (str(error).strip() or type(error).__name__).splitlines()[0]
+        first_sentence = re.split(r"(?<=\.)\s", message, maxsplit=1)[0][:200]
+        raise RunError(f"cannot load {path}: {first_sentence.rstrip('.')}. {retrain}") from None
     if vae.name != model_name:
         raise RunError(f"{path} holds a {vae.name} model, not one of {model_name}.py. "
                        f"{retrain}")

@@ -234,6 +234,24 @@ class VAE(keras.Model):
             return self.decoder([z, self._condition(labels)], training=training)
         return self.decoder(z, training=training)
 
+    # Many images at once (an evaluation, a figure): Keras' `predict` runs
+    # the encoder or decoder as a compiled graph, 128 images a call. On a CPU
+    # that is about twice as fast as one eager call on the whole array, whose
+    # large intermediate arrays do not fit the processor's caches.
+    def predict_z_mean(self, images, labels=None, batch_size=128):
+        """z_mean of the posterior for each image, as a NumPy array."""
+        inputs = [images, self._condition_array(labels)] if self.conditional else images
+        return self.encoder.predict(inputs, batch_size=batch_size, verbose=0)[0]
+
+    def predict_images(self, z, labels=None, batch_size=128):
+        """`decode` for many z at once: pixel probabilities, as a NumPy array."""
+        inputs = [z, self._condition_array(labels)] if self.conditional else z
+        logits = self.decoder.predict(inputs, batch_size=batch_size, verbose=0)
+        return ops.convert_to_numpy(ops.sigmoid(logits))
+
+    def _condition_array(self, labels):
+        return ops.convert_to_numpy(self._condition(labels))
+
     def _condition(self, labels):
         labels = ops.convert_to_tensor(labels)
         if self.label_embedding is None:

@@ -21,7 +21,7 @@ try:
 except ValueError as error:  # Matplotlib refuses an unknown MPLBACKEND on import
     sys.exit(f"error: MPLBACKEND={os.environ.get('MPLBACKEND')} is not a Matplotlib "
              "backend: unset it, or set it to one such as Agg (files only) or TkAgg")
-from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.animation import PillowWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -49,9 +49,12 @@ def tile_images(images, rows, columns):
 
 
 def _show_mosaic(axes, mosaic):
-    axes.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0)
+    # "nearest" keeps each pixel of a 28x28 digit a crisp square (and draws
+    # faster than smoothing).
+    picture = axes.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     axes.set_xticks([])
     axes.set_yticks([])
+    return picture
 
 
 def plot_latent_space(z_means, digits, path, title):
@@ -102,13 +105,24 @@ def normal_quantile_grid(grid_size, low=0.05, high=0.95):
     return np.array([normal.inv_cdf(p) for p in np.linspace(low, high, grid_size)])
 
 
-def plot_latent_manifold(decode, digit, path, grid_size=15):
-    """The decoder's output for one digit over a grid of 2-d latent points."""
+def plot_latent_manifolds(decode, output_dir, grid_size=15):
+    """manifold_digit_<d>.png for each digit d: the decoder's output for that
+    digit over a grid of 2-d latent points. All ten grids are decoded in one
+    batched call."""
     values = normal_quantile_grid(grid_size)
     # Rows go from high z[1] (top) to low z[1] (bottom), like a plot's y axis.
     z1, z0 = np.meshgrid(values[::-1], values, indexing="ij")
     z = np.stack([z0.ravel(), z1.ravel()], axis=1).astype("float32")
-    images = decode(z, np.full(len(z), digit))
+    digits = np.arange(NUM_CLASSES)
+    images = decode(np.tile(z, (NUM_CLASSES, 1)), np.repeat(digits, len(z)))
+    for digit, grid in zip(digits, np.split(images, NUM_CLASSES)):
+        plot_latent_manifold(grid, values, digit, output_dir / f"manifold_digit_{digit}.png")
+
+
+def plot_latent_manifold(images, values, digit, path):
+    """One digit's decoded grid: `images` row by row, at the latent points
+    `values` x `values` (z[1] falling from top to bottom)."""
+    grid_size = len(values)
     figure = Figure(figsize=(8, 8))
     axes = figure.subplots()
     _show_mosaic(axes, tile_images(images, grid_size, grid_size))
@@ -175,8 +189,7 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
     if latent_dim == 2:
         plot_latent_space(z_mean, test_digits, output_dir / "latent_space.png",
                           "Test digits in the latent space, coloured by their label")
-        for digit in range(NUM_CLASSES):
-            plot_latent_manifold(decode, digit, output_dir / f"manifold_digit_{digit}.png")
+        plot_latent_manifolds(decode, output_dir)
         save_latent_traversal_gif(decode, output_dir / "latent_traversal.gif")
     else:
         print(f"Skipping the latent space, manifold and traversal figures: they need "
@@ -301,20 +314,21 @@ def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
     plane.set_xlabel("z[0]", fontsize=13)
     plane.set_ylabel("z[1]", fontsize=13)
     plane.set_title("z walks a loop", fontsize=15)
-    # "nearest" keeps each pixel of the 28x28 digits a crisp square.
-    picture = digits_axes.imshow(mosaics[0], cmap="gray_r", vmin=0.0, vmax=1.0,
-                                 interpolation="nearest")
+    picture = _show_mosaic(digits_axes, mosaics[0])
     digits_axes.set_axis_off()
     digits_axes.set_title("digits 0-9 decoded from this z", fontsize=15)
 
-    def show_frame(index):
-        marker.set_data([path_points[index, 0]], [path_points[index, 1]])
-        picture.set_data(mosaics[index])
-        return marker, picture
-
-    animation = FuncAnimation(figure, show_frame, frames=frames, blit=False)
-    with atomic_path(path) as temporary:
-        animation.save(temporary, writer=PillowWriter(fps=frames_per_second))
+    # Only the marker and the digits move from frame to frame, so the layout
+    # is worked out once, on a first drawing, and then kept.
+    figure.draw_without_rendering()
+    figure.set_layout_engine("none")
+    # Matplotlib's GIF writer takes one picture of the figure per frame.
+    writer = PillowWriter(fps=frames_per_second)
+    with atomic_path(path) as temporary, writer.saving(figure, temporary, dpi=figure.dpi):
+        for index in range(frames):
+            marker.set_data([path_points[index, 0]], [path_points[index, 1]])
+            picture.set_data(mosaics[index])
+            writer.grab_frame()
     return path
 
 

@@ -69,14 +69,13 @@ def datasets(chapter, train_samples, test_samples):
         row = {"test_loss_per_image": evaluate_per_image(vae, test_data)["loss"]}
         if chapter is denoising_vae:
             damaged, clean = test_pairs
-            quality = chapter.image_quality(chapter.restore(vae, damaged, chapter.BATCH_SIZE),
-                                            clean)
+            quality = chapter.image_quality(chapter.restore(vae, damaged), clean)
             row.update(psnr_db=float(quality["psnr"].mean()),
-                       ssim=float(quality["ssim"].mean()))
+                       ssim=quality["mean_ssim"])
         else:
-            accuracy = conditional_accuracy(chapter.digit_decoder(vae),
-                                            chapter.digit_encoder(vae), vae.latent_dim,
-                                            test_images, test_digits, seed=chapter.SEED)
+            test_z_mean = chapter.digit_encoder(vae)(test_images, test_digits)
+            accuracy = conditional_accuracy(chapter.digit_decoder(vae), test_z_mean,
+                                            test_digits, seed=chapter.SEED)
             row.update(conditional_accuracy=accuracy["prior_samples"]["overall"],
                        reconstruction_accuracy=accuracy["test_reconstructions"]["overall"])
         return row

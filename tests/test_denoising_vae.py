@@ -164,7 +164,7 @@ def test_psnr_and_ssim_compare_each_image_with_its_clean_original(finished_run,
     (_, _), (x_test, _) = load_mnist(mnist_larger_slice_npz, verbose=False)
     clean = images_to_float(x_test[:500])
     blurred = blur_by_hand(clean)
-    restored = denoising_vae.restore(trained, denoising_vae.blur(clean), 32)
+    restored = denoising_vae.restore(trained, denoising_vae.blur(clean))
     assert restoration["psnr_db"]["corrupted"] == pytest.approx(
         psnr_by_hand(blurred, clean).mean(), rel=1e-4)
     assert restoration["psnr_db"]["restored"] == pytest.approx(
@@ -191,5 +191,15 @@ def test_a_small_run_writes_every_output(finished_run):
     assert all(math.isfinite(v) for v in metrics["test_per_image"].values())
     reloaded = keras.models.load_model(output_dir / "denoising_vae.keras")
     blurred = denoising_vae.blur(np.random.default_rng(0).uniform(size=(8, 28, 28, 1)))
-    np.testing.assert_array_equal(denoising_vae.restore(reloaded, blurred, 8),
-                                  denoising_vae.restore(trained, blurred, 8))
+    np.testing.assert_array_equal(denoising_vae.restore(reloaded, blurred),
+                                  denoising_vae.restore(trained, blurred))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mean_ssim_is_the_mean_of_tf_image_ssim_over_the_images(channels):
+    rng = np.random.default_rng(0)
+    images, clean = rng.uniform(size=(2, 7, 28, 28, channels)).astype("float32")
+    clean[:3] = images[:3]  # identical pairs: SSIM 1
+    expected = float(np.mean(tf.image.ssim(images, clean, max_val=1.0)))
+    assert denoising_vae.mean_ssim(images, clean, images_per_call=3) == pytest.approx(
+        expected, rel=1e-5)

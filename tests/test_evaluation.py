@@ -46,12 +46,12 @@ def test_conditional_accuracy_is_the_share_of_images_read_as_the_digit_asked(
         test_digits, shift, expected, capsys):
     images, digits = test_digits
     decode = decoder_drawing(images, digits, shift)
-    encode = lambda images, digits: np.zeros((len(images), 2), "float32")  # noqa: E731
-    accuracy = conditional_accuracy(decode, encode, 2, images, digits, seed=0,
-                                    samples_per_class=3)
+    z_mean = np.zeros((len(images), 2), "float32")
+    accuracy = conditional_accuracy(decode, z_mean, digits, seed=0, per_class=3)
     for kind in ("prior_samples", "test_reconstructions"):
         assert accuracy[kind]["overall"] == pytest.approx(expected)
         assert accuracy[kind]["per_class"] == pytest.approx([expected] * 10)
+        assert accuracy[kind]["images"] == 30  # 3 of each digit
     assert f"{expected:.1%} of samples from the prior" in capsys.readouterr().out
 
 

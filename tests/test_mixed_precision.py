@@ -95,6 +95,6 @@ def test_restorations_are_float32_for_psnr_and_ssim():
     with precision(mixed=True):
         denoiser = denoising_vae.build_vae(16, seed=0, beta=1.0)
     images = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
-    restored = denoising_vae.restore(denoiser, denoising_vae.blur(images), batch_size=4)
+    restored = denoising_vae.restore(denoiser, denoising_vae.blur(images))
     assert restored.dtype == np.float32 and restored.shape == images.shape
     assert np.isfinite(denoising_vae.image_quality(restored, images)["psnr"]).all()
