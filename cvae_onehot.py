@@ -33,7 +33,7 @@ from evaluation import conditional_accuracy, write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
 from runs import load_trained_model, precision, start_run
-from training_loops import VAE, train
+from training_loops import LEARNING_RATE_SCHEDULES, VAE, train
 from visualization_utils import (
     LatentExplorer,
     check_explorer_can_open,
@@ -54,6 +54,8 @@ BETA = 1.0  # weight of the KL term: 1 is the reference's VAE, >1 smoother z, <1
 EPOCHS = 10  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # Adam's step size; 1e-3 is Keras' default and the reference's
+LR_SCHEDULE = "constant"  # constant (the reference's) or cosine: warm-up, then down to 0
+LR_WARMUP_FRACTION = 0.05  # with cosine, the share of the steps spent climbing to LEARNING_RATE
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
 # Evaluation
@@ -178,7 +180,8 @@ def explore(config):
 
 
 def main(argv=None):
-    config = parse_hyperparameters(globals(), argv)
+    config = parse_hyperparameters(globals(), argv,
+                                   choices={"LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
@@ -194,7 +197,8 @@ def main(argv=None):
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
             vae = build_vae(config.latent_dim, config.seed, config.beta)
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
-              config.output_dir, resume=config.resume)
+              config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
+              lr_warmup_fraction=config.lr_warmup_fraction)
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.

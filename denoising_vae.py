@@ -39,7 +39,7 @@ from evaluation import write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
 from runs import load_run_config, load_trained_model, precision, start_run
-from training_loops import VAE, train
+from training_loops import LEARNING_RATE_SCHEDULES, VAE, train
 from visualization_utils import (
     RestorationExplorer,
     check_explorer_can_open,
@@ -64,6 +64,8 @@ EPOCHS = 5  # passes over the training images
 BATCH_SIZE = 128  # images per gradient step
 SHUFFLE_BUFFER = 1024  # the reference's shuffle buffer (60,000 would shuffle fully)
 LEARNING_RATE = 1e-3  # Adam's step size; 1e-3 is Keras' default and the reference's
+LR_SCHEDULE = "constant"  # constant (the reference's) or cosine: warm-up, then down to 0
+LR_WARMUP_FRACTION = 0.05  # with cosine, the share of the steps spent climbing to LEARNING_RATE
 SEED = 42  # seeds weights, shuffling, sampling and noise: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
 # Evaluation
@@ -295,7 +297,8 @@ def explore(config, images_shown=100):
 
 
 def main(argv=None):
-    config = parse_hyperparameters(globals(), argv, choices={"CORRUPTION": CORRUPTIONS})
+    config = parse_hyperparameters(globals(), argv, choices={
+        "CORRUPTION": CORRUPTIONS, "LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
@@ -314,7 +317,8 @@ def main(argv=None):
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
             vae = build_vae(config.latent_dim, config.seed, config.beta)
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
-              config.output_dir, resume=config.resume)
+              config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
+              lr_warmup_fraction=config.lr_warmup_fraction)
         stopwatch.lap("training")
         restored = restore(vae, test_damaged)
         damaged_quality = image_quality(test_damaged, test_images)

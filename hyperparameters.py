@@ -21,8 +21,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA"),
-                          choices=None):
+def parse_hyperparameters(script_globals, argv=None,
+                          non_negative=("SEED", "BETA", "LR_WARMUP_FRACTION"), choices=None):
     """Turns a script's top-level UPPER_CASE constants into flags.
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
@@ -54,7 +54,8 @@ def parse_hyperparameters(script_globals, argv=None, non_negative=("SEED", "BETA
         else:
             parser.add_argument(flag, default=default, help=comment, metavar=name,
                                 type=_value_parser(default, name in non_negative,
-                                                   *INTEGER_LIMITS.get(name, (INTEGER_LIMIT, ""))))
+                                                   *INTEGER_LIMITS.get(name, (INTEGER_LIMIT, "")),
+                                                   below_one=name in FRACTIONS))
     # A run never replaces an earlier one in its folder unless told to.
     earlier_run = parser.add_mutually_exclusive_group()
     earlier_run.add_argument(
@@ -124,7 +125,11 @@ INTEGER_LIMITS = {
 }
 
 
-def _value_parser(default, allow_zero, integer_limit, limit_reason):
+# Shares of a whole, which must stay below 1.
+FRACTIONS = {"LR_WARMUP_FRACTION"}
+
+
+def _value_parser(default, allow_zero, integer_limit, limit_reason, below_one=False):
     kind = type(default)
     if kind not in (int, float, str) and not isinstance(default, Path):
         raise TypeError(f"a hyperparameter cannot be of type {kind.__name__}")
@@ -146,6 +151,8 @@ def _value_parser(default, allow_zero, integer_limit, limit_reason):
             raise argparse.ArgumentTypeError(
                 f"expected a {lowest} {noun}, got {text!r}"
             )
+        if below_one and value >= 1:
+            raise argparse.ArgumentTypeError(f"expected a share below 1, got {text!r}")
         if kind is int and value > integer_limit:
             reason = f" ({limit_reason})" if limit_reason else ""
             raise argparse.ArgumentTypeError(

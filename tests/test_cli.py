@@ -52,6 +52,8 @@ def test_flags_override_the_constants_with_their_types():
     (["--latent-dim", "1000000000000"],
      "expected a positive integer of at most 4,096 (to fit in memory)"),
     (["--examples-shown", "5000"], "at most 100 (to keep the figure readable)"),
+    (["--lr-warmup-fraction", "1"], "argument --lr-warmup-fraction: expected a share below 1"),
+    (["--lr-warmup-fraction", "-0.1"], "expected a non-negative number"),
 ])
 def test_bad_values_exit_2_with_a_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -109,3 +111,12 @@ def test_the_script_stops_before_loading_data(tmp_path):
     assert "Traceback" not in result.stderr
     assert "MNIST" not in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_learning_rate_schedule_exits_2_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cvae_onehot.main(["--lr-schedule", "linear"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "--lr-schedule: invalid choice: 'linear'" in error and "'cosine'" in error

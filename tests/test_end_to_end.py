@@ -142,11 +142,11 @@ def interrupt_backup_at_epoch(monkeypatch, epoch, before_saving=False):
                         save_then_maybe_interrupt)
 
 
-def run_interrupted(output_dir, monkeypatch, epochs, epoch, before_saving=False):
+def run_interrupted(output_dir, monkeypatch, epochs, epoch, before_saving=False, flags=()):
     """A run of `epochs` epochs stopped like Ctrl-C at the backup of `epoch`."""
     interrupt_backup_at_epoch(monkeypatch, epoch, before_saving)
     with pytest.raises(KeyboardInterrupt):
-        run_script(output_dir, "--epochs", str(epochs))
+        run_script(output_dir, "--epochs", str(epochs), *flags)
     monkeypatch.undo()
 
 
@@ -154,14 +154,17 @@ def history_epochs(output_dir):
     return [row.split(",")[0] for row in (output_dir / "history.csv").read_text().splitlines()[1:]]
 
 
-def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_mnist, monkeypatch, capsys):
-    run_interrupted(tmp_path, monkeypatch, epochs=4, epoch=1)
+@pytest.mark.parametrize("schedule", [[], ["--lr-schedule", "cosine", "--learning-rate", "3e-3"]],
+                         ids=["constant", "cosine"])
+def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_mnist, monkeypatch,
+                                                               capsys, schedule):
+    run_interrupted(tmp_path, monkeypatch, epochs=4, epoch=1, flags=schedule)
     before = (tmp_path / "history.csv").read_text().splitlines()
     assert history_epochs(tmp_path) == ["0", "1"]
     assert not (tmp_path / "cvae_onehot.keras").exists()
 
     capsys.readouterr()
-    vae = run_script(tmp_path, "--epochs", "4", "--resume")
+    vae = run_script(tmp_path, "--epochs", "4", "--resume", *schedule)
     out = capsys.readouterr().out
     assert "Resuming after epoch 2." in out
     assert "Epoch 2/4" not in out and "Epoch 3/4" in out
@@ -175,11 +178,16 @@ def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_m
     # The uninterrupted run with the same seed, to float rounding: the same
     # batches in each epoch, and the same sampling noise.
     straight_dir = tmp_path.parent / f"{tmp_path.name}_straight"
-    run_script(straight_dir, "--epochs", "4")
+    straight_vae = run_script(straight_dir, "--epochs", "4", *schedule)
     resumed, straight = read_history(tmp_path / "history.csv"), read_history(
         straight_dir / "history.csv")
     for column in ("loss", "val_loss", "reconstruction_loss", "kl_loss"):
         np.testing.assert_allclose(resumed[column], straight[column], rtol=1e-5)
+    # The schedule went on where it stopped, and the saved model keeps its place.
+    final_rate = float(straight_vae.optimizer.learning_rate)
+    assert float(vae.optimizer.learning_rate) == pytest.approx(final_rate)
+    reloaded = keras.models.load_model(tmp_path / "cvae_onehot.keras")
+    assert float(reloaded.optimizer.learning_rate) == pytest.approx(final_rate)
 
 
 def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small_mnist, monkeypatch):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import cvae_onehot
+import training_loops
 from image_data import make_dataset
 from runs import make_reproducible
 
@@ -76,3 +77,25 @@ def test_saved_model_reloads_with_identical_outputs(digits_batch, tmp_path):
     assert reloaded.reconstruction_reduction == vae.reconstruction_reduction
     # The optimizer's state comes back too, so training could go on.
     assert int(reloaded.optimizer.iterations) == int(vae.optimizer.iterations) > 0
+
+
+def test_the_constant_schedule_is_the_reference_rate():
+    assert training_loops.learning_rate_schedule("constant", 1e-3, 100, 0.05) == 1e-3
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_zero():
+    schedule = training_loops.learning_rate_schedule("cosine", 5e-3, total_steps=200,
+                                                     warmup_fraction=0.05)
+    rate = [float(schedule(step)) for step in range(201)]
+    assert rate[0] == 0.0 and rate[5] == pytest.approx(2.5e-3)  # linear climb
+    assert rate[10] == pytest.approx(5e-3)  # the peak after 5% of the steps
+    assert rate[105] == pytest.approx(2.5e-3, rel=1e-5)  # half-way down the cosine
+    assert rate[200] == pytest.approx(0.0, abs=1e-9)
+    assert all(later <= earlier for earlier, later in zip(rate[10:], rate[11:]))
+    no_warmup = training_loops.learning_rate_schedule("cosine", 5e-3, 200, 0.0)
+    assert float(no_warmup(0)) == pytest.approx(5e-3)
+
+
+def test_an_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="must be one of"):
+        training_loops.learning_rate_schedule("linear", 1e-3, 100, 0.0)
