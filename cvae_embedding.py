@@ -58,6 +58,8 @@ BATCH_SIZE = 128  # images per gradient step
 LEARNING_RATE = 1e-3  # Adam's step size; 1e-3 is Keras' default and the reference's
 LR_SCHEDULE = "constant"  # constant (the reference's) or cosine: warm-up, then down to 0
 LR_WARMUP_FRACTION = 0.05  # with cosine, the share of the steps spent climbing to LEARNING_RATE
+KL_WARMUP_EPOCHS = 0  # epochs over which the KL weight climbs from 0 to BETA (0: off, the reference)
+KL_CYCLES = 0  # instead, climb from 0 to BETA this many times over the run (0: off)
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
 # Evaluation
@@ -228,7 +230,8 @@ def main(argv=None):
             vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta)
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
-              lr_warmup_fraction=config.lr_warmup_fraction)
+              lr_warmup_fraction=config.lr_warmup_fraction,
+              kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles)
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.

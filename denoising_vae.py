@@ -66,6 +66,8 @@ SHUFFLE_BUFFER = 1024  # the reference's shuffle buffer (60,000 would shuffle fu
 LEARNING_RATE = 1e-3  # Adam's step size; 1e-3 is Keras' default and the reference's
 LR_SCHEDULE = "constant"  # constant (the reference's) or cosine: warm-up, then down to 0
 LR_WARMUP_FRACTION = 0.05  # with cosine, the share of the steps spent climbing to LEARNING_RATE
+KL_WARMUP_EPOCHS = 0  # epochs over which the KL weight climbs from 0 to BETA (0: off, the reference)
+KL_CYCLES = 0  # instead, climb from 0 to BETA this many times over the run (0: off)
 SEED = 42  # seeds weights, shuffling, sampling and noise: same seed, same run
 MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
 # Evaluation
@@ -318,7 +320,8 @@ def main(argv=None):
             vae = build_vae(config.latent_dim, config.seed, config.beta)
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
-              lr_warmup_fraction=config.lr_warmup_fraction)
+              lr_warmup_fraction=config.lr_warmup_fraction,
+              kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles)
         stopwatch.lap("training")
         restored = restore(vae, test_damaged)
         damaged_quality = image_quality(test_damaged, test_images)

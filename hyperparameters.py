@@ -22,7 +22,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def parse_hyperparameters(script_globals, argv=None,
-                          non_negative=("SEED", "BETA", "LR_WARMUP_FRACTION"), choices=None):
+                          non_negative=("SEED", "BETA", "LR_WARMUP_FRACTION",
+                                        "KL_WARMUP_EPOCHS", "KL_CYCLES"), choices=None):
     """Turns a script's top-level UPPER_CASE constants into flags.
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
@@ -75,7 +76,20 @@ def parse_hyperparameters(script_globals, argv=None,
     # The script's name travels with the settings, so that a --resume by
     # another chapter's script is refused like any other changed setting.
     parser.set_defaults(script=script.name)
-    return parser.parse_args(argv)
+    config = parser.parse_args(argv)
+    _check_kl_annealing(parser, config)
+    return config
+
+
+def _check_kl_annealing(parser, config):
+    """KL warm-up and KL cycles fit in the run, and only one of them is on."""
+    warmup, cycles = getattr(config, "kl_warmup_epochs", 0), getattr(config, "kl_cycles", 0)
+    if warmup and cycles:
+        parser.error("--kl-warmup-epochs and --kl-cycles are two ways to anneal the KL "
+                     "weight: choose one")
+    for flag, value in [("--kl-warmup-epochs", warmup), ("--kl-cycles", cycles)]:
+        if value > getattr(config, "epochs", value):
+            parser.error(f"{flag} {value} is more than --epochs {config.epochs}")
 
 
 HYPERPARAMETER_SECTION = "# ## Hyperparameters"

@@ -197,6 +197,13 @@ class VAE(keras.Model):
             name="reconstruction_loss"
         )
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
+        # The weight the loss gives the KL term: `beta`, unless KL annealing
+        # (`KLAnnealing`, below) moves it during training. A variable, so the
+        # compiled train_step reads its current value at every step, and it
+        # is saved with the model and its backups.
+        self.kl_weight = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(beta), trainable=False,
+            name="kl_weight")
         # The parts are Functional models, built when they were made, and the
         # VAE owns no other weights: it is built too.
         self.built = True
@@ -286,7 +293,7 @@ class VAE(keras.Model):
         )
         kl = BATCH_REDUCTIONS[self.kl_reduction](kl)
         return {
-            "loss": reconstruction + self.beta * kl,
+            "loss": reconstruction + self.kl_weight * kl,
             "reconstruction_loss": reconstruction,
             "kl_loss": kl,
         }
@@ -316,6 +323,12 @@ class VAE(keras.Model):
         for tracker in self.metrics:
             tracker.update_state(losses[tracker.name])
         return {tracker.name: tracker.result() for tracker in self.metrics}
+
+    def load_own_variables(self, store):
+        # A model saved before the KL weight was a variable has none stored:
+        # its weight stays beta.
+        if len(store.keys()):
+            super().load_own_variables(store)
 
     # get_config and from_config describe the VAE's parts and settings, so
     # that `vae.save(...)` writes them and `keras.models.load_model` rebuilds
@@ -375,8 +388,52 @@ def learning_rate_schedule(kind, peak, total_steps, warmup_fraction):
     )
 
 
+def kl_weight_at(step, beta, total_steps, warmup_steps=0, cycles=0):
+    """The KL term's weight at training step `step` (counted from 0).
+
+    KL annealing lets the decoder first learn to reconstruct, before the KL
+    term pulls the codes towards N(0, I); from the start at full weight, it
+    can give up on z altogether (the "posterior collapse" of Bowman et al.
+    2016). Warm-up: the weight climbs linearly from 0 to `beta` over
+    `warmup_steps`, then stays. Cyclical (Fu et al. 2019): the run is cut
+    into `cycles` equal cycles, and each climbs from 0 to `beta` over its
+    first half and stays there for the second. Neither: `beta` throughout.
+    """
+    if cycles:
+        cycle_length = total_steps / cycles
+        place_in_cycle = (step % cycle_length) / cycle_length  # from 0 to 1
+        return beta * min(1.0, place_in_cycle / 0.5)
+    if warmup_steps:
+        return beta * min(1.0, step / warmup_steps)
+    return beta
+
+
+class KLAnnealing(keras.callbacks.Callback):
+    """Sets the VAE's `kl_weight` before every training step from
+    `weight_at(step)`, the step read from Adam's counter (so a resumed run
+    goes on where it stopped), and logs each epoch's mean weight as
+    "kl_weight" for history.csv."""
+
+    def __init__(self, weight_at):
+        super().__init__()
+        self.weight_at = weight_at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.weights_this_epoch = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        weight = self.weight_at(int(self.model.optimizer.iterations))
+        self.model.kl_weight.assign(weight)
+        self.weights_this_epoch.append(weight)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.weights_this_epoch:
+            logs["kl_weight"] = float(np.mean(self.weights_this_epoch))
+
+
 def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
-          resume=False, lr_schedule="constant", lr_warmup_fraction=0.0, extra_callbacks=()):
+          resume=False, lr_schedule="constant", lr_warmup_fraction=0.0, kl_warmup_epochs=0,
+          kl_cycles=0, extra_callbacks=()):
     """Trains `vae` with Adam and `fit`, then saves it as <name>.keras.
 
     Keras' callbacks do the bookkeeping: CSVLogger writes one row of
@@ -390,16 +447,25 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
     training again; the run removes it once every output is written.
     `lr_schedule` and `lr_warmup_fraction` shape the learning rate over the
     run (see `learning_rate_schedule`); `learning_rate` is its peak.
+    `kl_warmup_epochs` or `kl_cycles` anneal the KL weight (see
+    `kl_weight_at`); both 0 keep it at beta, the reference's loss.
     `extra_callbacks` run after these (the benchmark's timer is one).
     Returns `fit`'s History.
     """
     # The reference's optimizer is Adam (at Keras' default rate, 1e-3, which
     # is LEARNING_RATE's default), at a constant rate.
-    total_steps = epochs * int(train_data.cardinality())
+    steps_per_epoch = int(train_data.cardinality())
+    total_steps = epochs * steps_per_epoch
     vae.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(
         lr_schedule, learning_rate, total_steps, lr_warmup_fraction)))
     history_path, backup_dir = prepare_output_dir(output_dir, vae.name, resume)
+    annealing = []
+    if kl_warmup_epochs or kl_cycles:
+        # Before CSVLogger, which then writes the epoch's weight too.
+        annealing = [KLAnnealing(lambda step: kl_weight_at(
+            step, vae.beta, total_steps, kl_warmup_epochs * steps_per_epoch, kl_cycles))]
     callbacks = [
+        *annealing,
         keras.callbacks.TerminateOnNaN(),
         # CSVLogger comes before the backup: if a run stops between the two,
         # the row of an epoch that was not backed up is dropped on resume.

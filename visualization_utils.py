@@ -172,6 +172,10 @@ def plot_training_curves(history_csv, path, loss_scale, beta):
         axes.set_xlim(0.5, epochs[-1] + 0.5)
         axes.grid(alpha=0.3)
         axes.legend()
+    if "kl_weight" in history:  # an annealed run: the KL panel shows its weight
+        weight_axes = panels[2].twinx()
+        weight_axes.plot(epochs, history["kl_weight"], color="tab:grey", linestyle="--")
+        weight_axes.set_ylabel("KL weight (epoch mean, dashed)")
     # The scale is a long phrase for some chapters: it goes in the title,
     # where it has the figure's whole width, rather than along each y axis.
     figure.suptitle(f"Training curves ({loss_scale})")

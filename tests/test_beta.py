@@ -7,7 +7,8 @@ import tensorflow as tf
 
 import cvae_onehot
 from hyperparameters import parse_hyperparameters
-from runs import make_reproducible
+import training_loops
+from runs import make_reproducible, read_history
 
 
 def a_batch(batch_size=8):
@@ -21,8 +22,9 @@ def twins(betas, seed=3):
     make_reproducible(0)
     first = cvae_onehot.build_vae(2, seed=seed, beta=betas[0])
     others = [cvae_onehot.build_vae(2, seed=seed, beta=beta) for beta in betas[1:]]
-    for other in others:
-        other.set_weights(first.get_weights())
+    for other in others:  # the networks' weights; each keeps its own KL weight, beta
+        other.encoder.set_weights(first.encoder.get_weights())
+        other.decoder.set_weights(first.decoder.get_weights())
     return [first, *others]
 
 
@@ -71,3 +73,70 @@ def test_beta_is_saved_with_the_model(tmp_path):
     model.compile(optimizer="adam")
     model.save(tmp_path / "m.keras")
     assert keras.models.load_model(tmp_path / "m.keras").beta == 4.0
+
+
+STEPS = 10  # per epoch, in the schedules below
+
+
+def test_the_kl_weight_climbs_linearly_over_the_warmup_then_stays():
+    weights = [training_loops.kl_weight_at(step, 2.0, total_steps=5 * STEPS,
+                                           warmup_steps=2 * STEPS) for step in range(5 * STEPS)]
+    assert weights[0] == 0.0 and weights[5] == pytest.approx(0.5)
+    assert weights[10] == pytest.approx(1.0) and weights[19] == pytest.approx(1.9)
+    assert weights[20:] == [2.0] * 30
+
+
+def test_the_kl_weight_climbs_once_per_cycle():
+    weights = [training_loops.kl_weight_at(step, 1.0, total_steps=40, cycles=4)
+               for step in range(40)]
+    for cycle in range(4):
+        start = 10 * cycle
+        assert weights[start:start + 10] == pytest.approx(
+            [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_without_annealing_the_weight_is_beta():
+    assert training_loops.kl_weight_at(0, 0.5, total_steps=100) == 0.5
+
+
+def test_an_annealed_run_logs_the_weight_and_the_model_keeps_it(tmp_path, small_mnist):
+    make_reproducible(0)
+    vae = cvae_onehot.main(["--train-samples", "640", "--test-samples", "64",
+                            "--batch-size", "64", "--epochs", "3", "--kl-warmup-epochs", "2",
+                            "--iwae-samples", "2", "--iwae-images", "4",
+                            "--output-dir", str(tmp_path)])
+    history = read_history(tmp_path / "history.csv")
+    # 10 steps an epoch, the weight climbs over 20 (0, 0.05, ..., 0.95): the
+    # epoch means are 0.225, 0.725, then 1.
+    np.testing.assert_allclose(history["kl_weight"], [0.225, 0.725, 1.0], rtol=1e-6)
+    reloaded = keras.models.load_model(tmp_path / "cvae_onehot.keras")
+    assert float(reloaded.kl_weight) == float(vae.kl_weight) == 1.0
+
+
+def test_the_kl_weight_is_saved_and_reloaded(tmp_path):
+    vae = cvae_onehot.build_vae(2, seed=0, beta=1.0)
+    vae.kl_weight.assign(0.25)
+    vae.save(tmp_path / "model.keras")
+    assert float(keras.models.load_model(tmp_path / "model.keras").kl_weight) == 0.25
+
+
+def test_without_annealing_the_loss_is_exactly_the_reference_loss():
+    (vae,) = twins([1.0])
+    inputs, targets = a_batch()
+    make_reproducible(0)
+    losses = vae.batch_losses(inputs, targets)
+    assert float(losses["loss"]) == float(losses["reconstruction_loss"] + losses["kl_loss"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kl-warmup-epochs", "-1"], "expected a non-negative integer"),
+    (["--kl-warmup-epochs", "11"], "--kl-warmup-epochs 11 is more than --epochs 10"),
+    (["--kl-cycles", "3", "--epochs", "2"], "--kl-cycles 3 is more than --epochs 2"),
+    (["--kl-cycles", "2", "--kl-warmup-epochs", "1"], "choose one"),
+])
+def test_bad_annealing_flags_exit_2_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_hyperparameters(vars(cvae_onehot), argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
