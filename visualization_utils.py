@@ -175,6 +175,7 @@ def plot_training_curves(history_csv, path, loss_scale, beta):
     if "kl_weight" in history:  # an annealed run: the KL panel shows its weight
         weight_axes = panels[2].twinx()
         weight_axes.plot(epochs, history["kl_weight"], color="tab:grey", linestyle="--")
+        weight_axes.set_ylim(0, 1.05 * max(history["kl_weight"].max(), 1e-9))
         weight_axes.set_ylabel("KL weight (epoch mean, dashed)")
     # The scale is a long phrase for some chapters: it goes in the title,
     # where it has the figure's whole width, rather than along each y axis.
