@@ -181,9 +181,14 @@ def explore(config):
 # ## Run: data, training, evaluation, figures
 
 
+def parse_settings(argv=None):
+    """The run's settings: the constants above, each changed by its flag."""
+    return parse_hyperparameters(globals(), argv,
+                                 choices={"LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
+
+
 def main(argv=None):
-    config = parse_hyperparameters(globals(), argv,
-                                   choices={"LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
+    config = parse_settings(argv)
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:

@@ -298,9 +298,14 @@ def explore(config, images_shown=100):
 # ## Run: data, training, evaluation, figures
 
 
-def main(argv=None):
-    config = parse_hyperparameters(globals(), argv, choices={
+def parse_settings(argv=None):
+    """The run's settings: the constants above, each changed by its flag."""
+    return parse_hyperparameters(globals(), argv, choices={
         "CORRUPTION": CORRUPTIONS, "LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
+
+
+def main(argv=None):
+    config = parse_settings(argv)
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:

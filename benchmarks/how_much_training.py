@@ -1,16 +1,18 @@
-"""How much training is enough? One run of a chapter at its reference
-settings, measured after chosen epochs.
+"""How much training is enough? One run of a chapter, measured after chosen epochs.
 
-It trains the chapter once, as `python <chapter>.py` does (same data, seed,
-batch size and learning rate), and after each epoch in `--after` measures
-what the README's "How much training is enough" table shows: the test loss
-per image, the conditional accuracy (conditional chapters) or the PSNR and
-SSIM of the restored test digits (the denoiser), and the training time so
-far. The measuring is not counted in that time.
+It trains the chapter once, as `python <chapter>.py` with the same flags
+does (same data, seed, model and training settings), and after each epoch in
+`--after` measures what the README's "How much training is enough" table
+shows: the test loss per image, the conditional accuracy (conditional
+chapters) or the PSNR and SSIM of the restored test digits (the denoiser),
+and the training time so far. The measuring is not counted in that time.
+Any flag of the chapter (`--epochs`, `--lr-schedule`, `--train-samples`,
+...) sets up the run; without any it is the reference run.
 
-    python benchmarks/how_much_training.py cvae_onehot          # 10 epochs, about 8 minutes on 2 cores
-    python benchmarks/how_much_training.py denoising_vae --after 1 2 3 4 5
-    python benchmarks/how_much_training.py cvae_onehot --train-samples 2048 --after 1 2
+    python benchmarks/how_much_training.py cvae_onehot          # 10 epochs, about 9 minutes on 2 cores
+    python benchmarks/how_much_training.py denoising_vae --after 1 3 5
+    python benchmarks/how_much_training.py cvae_onehot --epochs 4 --lr-schedule cosine --learning-rate 5e-3
+    python benchmarks/how_much_training.py cvae_onehot --train-samples 2048 --epochs 2
 
 It prints one row per measured epoch and writes them as JSON (`--output`).
 """
@@ -31,39 +33,41 @@ import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
 from evaluation import conditional_accuracy, evaluate_per_image  # noqa: E402
+from hyperparameters import OneLineErrorParser  # noqa: E402
 from image_data import load_mnist_images, make_dataset  # noqa: E402
-from runs import make_reproducible, save_json  # noqa: E402
+from runs import make_reproducible, precision, save_json  # noqa: E402
 from training_loops import train  # noqa: E402
 
 CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
             "denoising_vae": denoising_vae}
 
 
-def build(chapter):
-    """The chapter's model at its default settings."""
-    if chapter is cvae_embedding:
-        return chapter.build_vae(chapter.LATENT_DIM, chapter.EMBEDDING_DIM,
-                                 chapter.SEED, chapter.BETA)
-    return chapter.build_vae(chapter.LATENT_DIM, chapter.SEED, chapter.BETA)
+def build(chapter, config):
+    """The chapter's model at the run's settings."""
+    with precision(mixed=config.mixed_precision):
+        if chapter is cvae_embedding:
+            return chapter.build_vae(config.latent_dim, config.embedding_dim, config.seed,
+                                     config.beta)
+        return chapter.build_vae(config.latent_dim, config.seed, config.beta)
 
 
-def datasets(chapter, train_samples, test_samples):
+def datasets(chapter, config):
     """Training and test pipelines as the chapter's main makes them, and a
     function that measures the model on the test images."""
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-        train_samples, test_samples)
+        config.train_samples, config.test_samples)
     if chapter is denoising_vae:
-        train_pairs = chapter.inputs_and_targets(train_images, chapter.CORRUPTION, chapter.SEED)
-        test_pairs = chapter.inputs_and_targets(test_images, chapter.CORRUPTION,
-                                                chapter.SEED + 1)
-        shuffle_buffer = chapter.SHUFFLE_BUFFER
+        train_pairs = chapter.inputs_and_targets(train_images, config.corruption, config.seed)
+        test_pairs = chapter.inputs_and_targets(test_images, config.corruption,
+                                                config.seed + 1)
+        shuffle_buffer = config.shuffle_buffer
     else:
         train_pairs = chapter.inputs_and_targets(train_images, train_digits)
         test_pairs = chapter.inputs_and_targets(test_images, test_digits)
         shuffle_buffer = len(train_images)
-    train_data = make_dataset(*train_pairs, chapter.BATCH_SIZE,
-                              shuffle_buffer=shuffle_buffer, seed=chapter.SEED)
-    test_data = make_dataset(*test_pairs, chapter.BATCH_SIZE)
+    train_data = make_dataset(*train_pairs, config.batch_size,
+                              shuffle_buffer=shuffle_buffer, seed=config.seed)
+    test_data = make_dataset(*test_pairs, config.batch_size)
 
     def measure(vae):
         row = {"test_loss_per_image": evaluate_per_image(vae, test_data)["loss"]}
@@ -75,7 +79,7 @@ def datasets(chapter, train_samples, test_samples):
         else:
             test_z_mean = chapter.digit_encoder(vae)(test_images, test_digits)
             accuracy = conditional_accuracy(chapter.digit_decoder(vae), test_z_mean,
-                                            test_digits, seed=chapter.SEED)
+                                            test_digits, seed=config.seed)
             row.update(conditional_accuracy=accuracy["prior_samples"]["overall"],
                        reconstruction_accuracy=accuracy["test_reconstructions"]["overall"])
         return row
@@ -106,35 +110,41 @@ class MeasureAfter(keras.callbacks.Callback):
         print(" | ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("chapter", choices=sorted(CHAPTERS))
-    parser.add_argument("--after", type=int, nargs="+", default=None,
-                        help="epochs after which to measure (default: 1 2 3 5 10, "
-                        "or 1 to 5 for denoising_vae)")
-    parser.add_argument("--train-samples", type=int, default=60_000)
-    parser.add_argument("--test-samples", type=int, default=10_000)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file (default outputs/how_much_training_<chapter>.json)")
-    config = parser.parse_args(argv)
-    chapter = CHAPTERS[config.chapter]
-    after = config.after or ([1, 2, 3, 4, 5] if chapter is denoising_vae else [1, 2, 3, 5, 10])
-    if min(after) < 1:
-        parser.error("--after takes epoch numbers from 1")
-    output = config.output or REPO / "outputs" / f"how_much_training_{config.chapter}.json"
-
-    make_reproducible(chapter.SEED)
-    train_data, test_data, measure = datasets(chapter, config.train_samples,
-                                              config.test_samples)
-    vae = build(chapter)
+def measure_training(chapter_name, chapter_flags=(), after=None):
+    """Trains `chapter_name` as `python <chapter>.py <chapter_flags>` would and
+    returns one row per epoch in `after` (default: every epoch)."""
+    chapter = CHAPTERS[chapter_name]
+    config = chapter.parse_settings(list(chapter_flags))
+    after = sorted(set(after or range(1, config.epochs + 1)))
+    if after[0] < 1 or after[-1] > config.epochs:
+        raise SystemExit(f"how_much_training.py: error: --after takes epochs from 1 to "
+                         f"--epochs {config.epochs}, got {after}")
+    make_reproducible(config.seed)
+    train_data, test_data, measure = datasets(chapter, config)
+    vae = build(chapter, config)
     measurer = MeasureAfter(after, measure)
     with tempfile.TemporaryDirectory() as scratch:
-        train(vae, train_data, test_data, max(after), chapter.LEARNING_RATE, Path(scratch),
+        train(vae, train_data, test_data, config.epochs, config.learning_rate, Path(scratch),
+              lr_schedule=config.lr_schedule, lr_warmup_fraction=config.lr_warmup_fraction,
+              kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles,
               extra_callbacks=[measurer])
-    save_json({"chapter": config.chapter, "train_samples": config.train_samples,
-               "rows": measurer.rows}, output)
-    print(f"Wrote {output}")
     return measurer.rows
+
+
+def main(argv=None):
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+                                epilog="Other flags go to the chapter, as on its command line.")
+    parser.add_argument("chapter", choices=sorted(CHAPTERS))
+    parser.add_argument("--after", type=int, nargs="+", default=None,
+                        help="epochs after which to measure (default: every epoch)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON file (default outputs/how_much_training_<chapter>.json)")
+    config, chapter_flags = parser.parse_known_args(argv)
+    output = config.output or REPO / "outputs" / f"how_much_training_{config.chapter}.json"
+    rows = measure_training(config.chapter, chapter_flags, config.after)
+    save_json({"chapter": config.chapter, "flags": chapter_flags, "rows": rows}, output)
+    print(f"Wrote {output}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import cvae_onehot
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark  # noqa: E402
 import how_much_training  # noqa: E402
+import time_to_quality  # noqa: E402
 
 
 def test_flops_of_the_one_hot_model_match_a_count_by_hand():
@@ -69,14 +70,46 @@ def test_quick_benchmark_measures_all_three_models_in_both_precisions(tmp_path, 
     ("cvae_onehot", {"conditional_accuracy", "reconstruction_accuracy"}),
     ("denoising_vae", {"psnr_db", "ssim"}),
 ])
-def test_how_much_training_measures_after_the_epochs_asked(chapter, measured, small_mnist,
-                                                           tmp_path):
+def test_how_much_training_measures_after_every_epoch(chapter, measured, small_mnist,
+                                                      tmp_path):
     output = tmp_path / "rows.json"
     rows = how_much_training.main([chapter, "--train-samples", "512", "--test-samples", "128",
-                                   "--after", "1", "2", "--output", str(output)])
+                                   "--epochs", "2", "--output", str(output)])
     assert [row["epochs"] for row in rows] == [1, 2]
     assert json.loads(output.read_text())["rows"] == rows
     for row in rows:
         assert measured <= set(row) and row["test_loss_per_image"] > 0
-    assert 0 < rows[0]["training_seconds"] < rows[1]["training_seconds"]
-    assert rows[1]["test_loss_per_image"] < rows[0]["test_loss_per_image"]  # it learns
+    assert rows[0]["training_seconds"] < rows[1]["training_seconds"]
+
+
+def test_how_much_training_refuses_an_epoch_past_the_run(small_mnist, capsys):
+    with pytest.raises(SystemExit, match="--after takes epochs from 1 to --epochs 2"):
+        how_much_training.main(["cvae_onehot", "--epochs", "2", "--after", "3"])
+    with pytest.raises(SystemExit) as stop:
+        how_much_training.main(["cvae_onehot", "--lr-schedule", "linear"])
+    assert stop.value.code == 2 and "invalid choice: 'linear'" in capsys.readouterr().err
+
+
+def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, tmp_path,
+                                                                   capsys):
+    output = tmp_path / "ttq.json"
+    fast = "--epochs 1 --lr-schedule cosine --learning-rate 5e-3"
+    runs = time_to_quality.main(["cvae_onehot", "--train-samples", "512",
+                                 "--test-samples", "128", "--epochs", "2",
+                                 "--fast", fast, "--output", str(output)])
+    reference, quick = runs["reference"]["rows"], runs["fast"]["rows"]
+    assert [row["epochs"] for row in reference] == [1, 2]
+    assert [row["epochs"] for row in quick] == [1]
+    # The fast run trained with its own schedule, not the reference's.
+    assert quick[0]["test_loss_per_image"] != reference[0]["test_loss_per_image"]
+    saved = json.loads(output.read_text())
+    assert saved["times_faster"] == pytest.approx(
+        reference[-1]["training_seconds"] / quick[-1]["training_seconds"])
+    assert output.with_suffix(".png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| reference")
+            or line.startswith("| fast")]
+    assert len(rows) == 2
+    assert rows[1].endswith(f"`python cvae_onehot.py --train-samples 512 --test-samples 128 "
+                            f"--epochs 2 {fast}` |")
+    assert f"| {reference[-1]['test_loss_per_image']:.1f} |" in rows[0]
