@@ -93,7 +93,11 @@ def datasets(chapter, config):
 
 class MeasureAfter(keras.callbacks.Callback):
     """After each epoch in `epochs` (counted from 1), measures the model and
-    notes the training time so far, leaving the measuring out of it."""
+    notes the training time so far, leaving the measuring out of it.
+
+    The test loss draws z from the model's sampling noise; the noise's state
+    is put back afterwards, so the run trains on exactly the noise a plain
+    run of the chapter draws, and its last row is that run's result."""
 
     def __init__(self, epochs, measure):
         super().__init__()
@@ -106,9 +110,11 @@ class MeasureAfter(keras.callbacks.Callback):
         if epoch + 1 not in self.epochs:
             return
         measured_at = time.perf_counter()
+        noise_state = self.model.sampling.seed_generator.state.numpy()
         row = {"epochs": epoch + 1,
                "training_seconds": measured_at - self.started - self.measuring,
                **self.measure(self.model)}
+        self.model.sampling.seed_generator.state.assign(noise_state)
         self.measuring += time.perf_counter() - measured_at
         self.rows.append(row)
         print(" | ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)

@@ -82,6 +82,19 @@ def test_how_much_training_measures_after_every_epoch(chapter, measured, small_m
     assert rows[0]["training_seconds"] < rows[1]["training_seconds"]
 
 
+def test_measuring_between_epochs_leaves_the_run_a_plain_run(small_mnist, tmp_path):
+    # The last row is what `python cvae_onehot.py` with the same flags reports.
+    flags = ["--train-samples", "512", "--test-samples", "128", "--epochs", "3",
+             "--lr-schedule", "cosine", "--iwae-samples", "2", "--iwae-images", "4"]
+    rows = how_much_training.main(["cvae_onehot", *flags, "--output", str(tmp_path / "r.json")])
+    cvae_onehot.main([*flags, "--output-dir", str(tmp_path / "plain")])
+    metrics = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert rows[-1]["test_loss_per_image"] == pytest.approx(
+        metrics["test_per_image"]["loss"], rel=1e-5)
+    assert rows[-1]["conditional_accuracy"] == (
+        metrics["conditional_accuracy"]["prior_samples"]["overall"])
+
+
 def test_how_much_training_refuses_an_epoch_past_the_run(small_mnist, capsys):
     with pytest.raises(SystemExit, match="--after takes epochs from 1 to --epochs 2"):
         how_much_training.main(["cvae_onehot", "--epochs", "2", "--after", "3"])
