@@ -61,7 +61,7 @@ def table(chapter_name, runs):
         last = run["rows"][-1]
         command = " ".join(["python", f"{chapter_name}.py", *run["flags"]])
         cells = [recipe, str(last["epochs"]), f"{last['training_seconds']:.0f} s",
-                 f"{last['test_loss_per_image']:.1f}",
+                 f"{last['test_loss_per_image']:.2f}",
                  *[form.format(last[key]) for key, _, form in columns], f"`{command}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -92,7 +92,7 @@ def plot_time_to_quality(chapter_name, runs, path):
                      label="the reference's final value")
         axes.set(xlabel="training time (minutes)", ylabel=label, xlim=(0, None))
         if measured == "conditional_accuracy":
-            axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+            axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         axes.grid(alpha=0.3)
     figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=3,
                   fontsize="small")

@@ -125,4 +125,4 @@ def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, 
     assert len(rows) == 2
     assert rows[1].endswith(f"`python cvae_onehot.py --train-samples 512 --test-samples 128 "
                             f"--epochs 2 {fast}` |")
-    assert f"| {reference[-1]['test_loss_per_image']:.1f} |" in rows[0]
+    assert f"| {reference[-1]['test_loss_per_image']:.2f} |" in rows[0]
