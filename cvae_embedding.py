@@ -33,7 +33,8 @@ from evaluation import conditional_accuracy, embedding_matches_digit_likeness, w
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
 from runs import load_trained_model, precision, start_run
-from training_loops import LEARNING_RATE_SCHEDULES, VAE, train
+from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
+                            train)
 from visualization_utils import (
     LatentExplorer,
     check_explorer_can_open,
@@ -48,6 +49,8 @@ from visualization_utils import (
 # Data
 TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
+IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
+CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
 LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
 EMBEDDING_DIM = 8  # length of each digit's learned label vector
@@ -110,12 +113,15 @@ def build_label_embedding(embedding_dim):
 # q(z | x, y).
 
 
-def build_encoder(latent_dim, embedding_dim):
-    images = keras.Input(shape=IMAGE_SHAPE, name="image")
+def build_encoder(latent_dim, embedding_dim, image_shape=IMAGE_SHAPE):
+    images = keras.Input(shape=image_shape, name="image")
     labels = keras.Input(shape=(embedding_dim,), name="label_embedded")
-    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(images)
-    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Flatten()(x)  # 7 * 7 * 64 = 3136 image features
+    x = images
+    # At 28x28 the reference's two stride-2 convolutions, 32 and 64 filters
+    # (28 -> 14 -> 7); a larger image gets one more per halving (conv_filters).
+    for filters in conv_filters(image_shape[0]):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)  # at 28x28: 7 * 7 * 64 = 3136 image features
     x = layers.Concatenate()([x, labels])  # + 8 label numbers = 3144
     x = layers.Dense(128, activation="relu")(x)
     # Output layers are float32 even under --mixed-precision, so the loss is
@@ -134,16 +140,20 @@ def build_encoder(latent_dim, embedding_dim):
 # `training_loops.reconstruction_loss`).
 
 
-def build_decoder(latent_dim, embedding_dim):
+def build_decoder(latent_dim, embedding_dim, image_shape=IMAGE_SHAPE):
     z = keras.Input(shape=(latent_dim,), name="z")
     labels = keras.Input(shape=(embedding_dim,), name="label_embedded")
     x = layers.Concatenate()([z, labels])  # 2 + 8 = 10
-    x = layers.Dense(7 * 7 * 64, activation="relu")(x)
-    x = layers.Reshape((7, 7, 64))(x)
-    x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+    # The encoder's blocks in reverse: at 28x28 a 7x7x64 block, grown by
+    # transposed convolutions of 64 and 32 filters to 14x14 and 28x28.
+    filters, side = conv_filters(image_shape[0]), feature_map_size(image_shape[0])
+    x = layers.Dense(side * side * filters[-1], activation="relu")(x)
+    x = layers.Reshape((side, side, filters[-1]))(x)
+    for block_filters in reversed(filters):
+        x = layers.Conv2DTranspose(block_filters, 3, strides=2, padding="same",
+                                   activation="relu")(x)
     # float32 output, as in the encoder: the loss reads these logits.
-    logits = layers.Conv2DTranspose(1, 3, padding="same", dtype="float32",
+    logits = layers.Conv2DTranspose(image_shape[-1], 3, padding="same", dtype="float32",
                                     name="pixel_logits")(x)
     return keras.Model([z, labels], logits, name="decoder")
 
@@ -156,11 +166,11 @@ def build_decoder(latent_dim, embedding_dim):
 LOSS_SCALE = "loss summed over the batch"
 
 
-def build_vae(latent_dim, embedding_dim, seed, beta):
+def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE):
     """The shared VAE class, with this chapter's embedding, encoder, decoder."""
     return VAE(
-        build_encoder(latent_dim, embedding_dim),
-        build_decoder(latent_dim, embedding_dim),
+        build_encoder(latent_dim, embedding_dim, image_shape),
+        build_decoder(latent_dim, embedding_dim, image_shape),
         # Both terms summed over the batch: per image times the batch size.
         reconstruction_reduction="sum",
         kl_reduction="sum",
@@ -213,8 +223,9 @@ def explore(config):
 
 def parse_settings(argv=None):
     """The run's settings: the constants above, each changed by its flag."""
-    return parse_hyperparameters(globals(), argv,
-                                 choices={"LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
+    return parse_hyperparameters(
+        globals(), argv, checks={"IMAGE_SIZE": conv_filters},
+        choices={"LR_SCHEDULE": LEARNING_RATE_SCHEDULES, "CHANNELS": (1, 3)})
 
 
 def main(argv=None):
@@ -223,7 +234,7 @@ def main(argv=None):
         return explore(config)
     with start_run(config) as stopwatch:
         (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-            config.train_samples, config.test_samples)
+            config.train_samples, config.test_samples, config.image_size, config.channels)
         train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
                                   config.batch_size, shuffle_buffer=len(train_images),
                                   seed=config.seed)
@@ -232,7 +243,8 @@ def main(argv=None):
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta)
+            vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta,
+                            image_shape=test_images.shape[1:])
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
               lr_warmup_fraction=config.lr_warmup_fraction,

@@ -39,7 +39,8 @@ from evaluation import write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
 from runs import load_run_config, load_trained_model, precision, start_run
-from training_loops import LEARNING_RATE_SCHEDULES, VAE, train
+from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
+                            train)
 from visualization_utils import (
     RestorationExplorer,
     check_explorer_can_open,
@@ -56,6 +57,8 @@ from visualization_utils import (
 CORRUPTION = "blur"  # the damage to undo: blur (the reference's), noise, salt_and_pepper, occlusion
 TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
+IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
+CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
 LATENT_DIM = 16  # size of z; restoring one digit's strokes needs more than 2
 BETA = 1.0  # weight of the KL term: 1 is the reference's VAE, >1 smoother z, <1 sharper images
@@ -116,13 +119,15 @@ def salt_and_pepper(images, rng, fraction=0.1):
     return damaged
 
 
-def occlude(images, rng, size=10):
-    """Blanks a `size` x `size` square in each image, centred on a random
-    pixel of ink (so that it hides part of the digit, not empty paper)."""
+def occlude(images, rng, side_fraction=10 / 28):
+    """Blanks a square in each image, centred on a random pixel of ink (so
+    that it hides part of the digit, not empty paper). Its side is the same
+    share of the image's side at any size: 10 pixels of MNIST's 28."""
     damaged = images.copy()
     height, width = images.shape[1:3]
+    size = round(side_fraction * min(height, width))
     for image in damaged:
-        ink_rows, ink_columns = np.nonzero(image[..., 0] > 0.5)
+        ink_rows, ink_columns = np.nonzero(image.mean(axis=-1) > 0.5)
         centre = rng.integers(len(ink_rows))
         top = np.clip(ink_rows[centre] - size // 2, 0, height - size)
         left = np.clip(ink_columns[centre] - size // 2, 0, width - size)
@@ -154,11 +159,14 @@ def inputs_and_targets(images, corruption, seed):
 # Dense 128 -> q(z | damaged image), 16-d.
 
 
-def build_encoder(latent_dim):
-    images = keras.Input(shape=IMAGE_SHAPE, name="damaged_image")
-    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(images)
-    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Flatten()(x)  # 7 * 7 * 64 = 3136 features
+def build_encoder(latent_dim, image_shape=IMAGE_SHAPE):
+    images = keras.Input(shape=image_shape, name="damaged_image")
+    x = images
+    # At 28x28 the reference's two stride-2 convolutions, 32 and 64 filters
+    # (28 -> 14 -> 7); a larger image gets one more per halving (conv_filters).
+    for filters in conv_filters(image_shape[0]):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)  # at 28x28: 7 * 7 * 64 = 3136 features
     x = layers.Dense(128, activation="relu")(x)
     # Output layers are float32 even under --mixed-precision, so the loss is
     # computed from full-precision values (Keras' mixed-precision advice).
@@ -173,14 +181,18 @@ def build_encoder(latent_dim):
 # `VAE.decode`, as in cvae_onehot.py).
 
 
-def build_decoder(latent_dim):
+def build_decoder(latent_dim, image_shape=IMAGE_SHAPE):
     z = keras.Input(shape=(latent_dim,), name="z")
-    x = layers.Dense(7 * 7 * 64, activation="relu")(z)
-    x = layers.Reshape((7, 7, 64))(x)
-    x = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(x)
+    # The encoder's blocks in reverse: at 28x28 a 7x7x64 block, grown by
+    # transposed convolutions of 64 and 32 filters to 14x14 and 28x28.
+    filters, side = conv_filters(image_shape[0]), feature_map_size(image_shape[0])
+    x = layers.Dense(side * side * filters[-1], activation="relu")(z)
+    x = layers.Reshape((side, side, filters[-1]))(x)
+    for block_filters in reversed(filters):
+        x = layers.Conv2DTranspose(block_filters, 3, strides=2, padding="same",
+                                   activation="relu")(x)
     # float32 output, as in the encoder: the loss reads these logits.
-    logits = layers.Conv2DTranspose(1, 3, padding="same", dtype="float32",
+    logits = layers.Conv2DTranspose(image_shape[-1], 3, padding="same", dtype="float32",
                                     name="pixel_logits")(x)
     return keras.Model(z, logits, name="decoder")
 
@@ -191,11 +203,11 @@ def build_decoder(latent_dim):
 LOSS_SCALE = "reconstruction summed, KL averaged over the batch"
 
 
-def build_vae(latent_dim, seed, beta):
+def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE):
     """The shared VAE class: damaged images in, clean images as targets."""
     return VAE(
-        build_encoder(latent_dim),
-        build_decoder(latent_dim),
+        build_encoder(latent_dim, image_shape),
+        build_decoder(latent_dim, image_shape),
         # The reference writes the reconstruction term as reduce_mean(reduce_sum(bce)):
         # the inner sum adds the cross-entropy over every pixel of every image
         # in the batch, so the outer mean acts on a single number and changes
@@ -289,7 +301,8 @@ def explore(config, images_shown=100):
     vae = load_trained_model(config.output_dir, "denoising_vae")
     # Damage the test digits exactly as the run that trained the model did.
     run = load_run_config(config.output_dir, corruption=CORRUPTIONS, seed=int)
-    (_, _), (clean, _) = load_mnist_images(0, images_shown)
+    size, _, channels = vae.encoder.inputs[0].shape[1:]  # the images it was trained on
+    (_, _), (clean, _) = load_mnist_images(0, images_shown, size, channels)
     damaged = corrupt(clean, run.corruption, run.seed + 1)
     return show_explorer(RestorationExplorer(damaged, restore(vae, damaged),
                                              clean, run.corruption))
@@ -300,8 +313,10 @@ def explore(config, images_shown=100):
 
 def parse_settings(argv=None):
     """The run's settings: the constants above, each changed by its flag."""
-    return parse_hyperparameters(globals(), argv, choices={
-        "CORRUPTION": CORRUPTIONS, "LR_SCHEDULE": LEARNING_RATE_SCHEDULES})
+    return parse_hyperparameters(
+        globals(), argv, checks={"IMAGE_SIZE": conv_filters},
+        choices={"CORRUPTION": CORRUPTIONS, "LR_SCHEDULE": LEARNING_RATE_SCHEDULES,
+                 "CHANNELS": (1, 3)})
 
 
 def main(argv=None):
@@ -310,7 +325,7 @@ def main(argv=None):
         return explore(config)
     with start_run(config) as stopwatch:
         (train_images, _), (test_images, _) = load_mnist_images(
-            config.train_samples, config.test_samples)
+            config.train_samples, config.test_samples, config.image_size, config.channels)
         train_data = make_dataset(
             *inputs_and_targets(train_images, config.corruption, config.seed),
             config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed)
@@ -322,7 +337,8 @@ def main(argv=None):
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config.latent_dim, config.seed, config.beta)
+            vae = build_vae(config.latent_dim, config.seed, config.beta,
+                            image_shape=test_images.shape[1:])
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
               lr_warmup_fraction=config.lr_warmup_fraction,

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from digit_classifier import load_digit_classifier
-from image_data import NUM_CLASSES, make_dataset
+from image_data import IMAGE_SHAPE, NUM_CLASSES, make_dataset, resize_images
 from runs import read_history, save_json
 from training_loops import reconstruction_loss
 from visualization_utils import cosine_similarity
@@ -148,6 +148,9 @@ def _some_of_each_class(digits, count, rng):
 
 
 def _accuracy(classifier, images, digits):
+    # The classifier reads MNIST's 28x28 grey: larger or colour digits are
+    # brought back to it first.
+    images = resize_images(np.asarray(images), *IMAGE_SHAPE[1:])
     predicted = np.argmax(classifier.predict(images, batch_size=128, verbose=0), axis=1)
     correct = predicted == np.asarray(digits)
     return {"images": len(correct), "overall": float(correct.mean()),

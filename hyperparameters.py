@@ -23,17 +23,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def parse_hyperparameters(script_globals, argv=None,
                           non_negative=("SEED", "BETA", "LR_WARMUP_FRACTION",
-                                        "KL_WARMUP_EPOCHS", "KL_CYCLES"), choices=None):
+                                        "KL_WARMUP_EPOCHS", "KL_CYCLES"), choices=None,
+                          checks=None):
     """Turns a script's top-level UPPER_CASE constants into flags.
 
     Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
     the script's "# ## Hyperparameters" section becomes `--lower-case-name`;
     its trailing comment is its help text and its value the default.
     Numbers must be positive, except the names in `non_negative`; `choices`
-    maps a NAME to its allowed values. Returns an `argparse.Namespace` with
+    maps a NAME to its allowed values, and `checks` to a function that
+    raises ValueError, with a one-line reason, for a value it refuses. Returns an `argparse.Namespace` with
     lower-case names, plus `resume`, `overwrite`, `explore` and `script`.
     """
-    choices = choices or {}
+    choices, checks = choices or {}, checks or {}
     script = Path(script_globals["__file__"])
     parser = OneLineErrorParser(
         prog=script.name,
@@ -50,7 +52,7 @@ def parse_hyperparameters(script_globals, argv=None,
             parser.add_argument(flag, default=default, help=comment,
                                 action=argparse.BooleanOptionalAction)
         elif name in choices:
-            parser.add_argument(flag, default=default, help=comment,
+            parser.add_argument(flag, default=default, help=comment, type=type(default),
                                 choices=list(choices[name]))
         else:
             parser.add_argument(flag, default=default, help=comment, metavar=name,
@@ -78,6 +80,12 @@ def parse_hyperparameters(script_globals, argv=None,
     parser.set_defaults(script=script.name)
     config = parser.parse_args(argv)
     _check_kl_annealing(parser, config)
+    for name, check in checks.items():
+        value = getattr(config, name.lower())
+        try:
+            check(value)
+        except ValueError as error:
+            parser.error(f"--{name.lower().replace('_', '-')} {value}: {error}")
     return config
 
 
@@ -136,6 +144,7 @@ INTEGER_LIMITS = {
     "EXAMPLES_SHOWN": (100, "to keep the figure readable"),
     "IWAE_SAMPLES": (10_000, "to fit in memory"),
     "IWAE_IMAGES": (10_000, "MNIST's test images"),
+    "IMAGE_SIZE": (1024, "to fit in memory"),
 }
 
 

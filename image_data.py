@@ -13,7 +13,7 @@ import tensorflow as tf
 from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
 __all__ = ["IMAGE_SHAPE", "NUM_CLASSES", "ShuffleByEpoch", "images_to_float",
-           "load_mnist_images", "make_dataset"]
+           "load_mnist_images", "make_dataset", "resize_images"]
 
 
 def images_to_float(images):
@@ -21,11 +21,12 @@ def images_to_float(images):
     return (images.astype("float32") / 255.0)[..., np.newaxis]
 
 
-def load_mnist_images(train_samples, test_samples):
+def load_mnist_images(train_samples, test_samples, image_size=28, channels=1):
     """The first images of each MNIST split as floats in [0, 1], and digits.
 
     Returns `(train_images, train_digits), (test_images, test_digits)` with
-    images of shape (n, *IMAGE_SHAPE).
+    images of shape (n, image_size, image_size, channels): MNIST's own 28x28
+    grey by default, else resized (see `resize_images`).
     """
     splits = []
     for (images, digits), wanted, flag in zip(
@@ -34,8 +35,29 @@ def load_mnist_images(train_samples, test_samples):
         if wanted > len(images):
             raise MnistError(f"{flag} {wanted} asks for more than the {len(images)} "
                              "images this split of MNIST has")
-        splits.append((images_to_float(images[:wanted]), digits[:wanted]))
+        splits.append((resize_images(images_to_float(images[:wanted]), image_size, channels),
+                       digits[:wanted]))
     return tuple(splits)
+
+
+def resize_images(images, image_size, channels, images_per_call=2048):
+    """(n, h, w, c) float images -> (n, image_size, image_size, channels).
+
+    Resized bilinearly, with antialiasing so that shrinking averages pixels
+    rather than skipping them; grey images asked for in colour get their grey
+    as red, green and blue; colour asked for in grey becomes the mean of the
+    three. A few thousand images a call keep the memory peak small.
+    """
+    if images.shape[-1] != channels:
+        images = (np.repeat(images, channels, axis=-1) if channels == 3
+                  else images.mean(axis=-1, keepdims=True))
+    if images.shape[1:3] == (image_size, image_size):
+        return images
+    resized = [tf.image.resize(images[start:start + images_per_call], [image_size, image_size],
+                               antialias=True).numpy()
+               for start in range(0, len(images), images_per_call)]
+    return (np.concatenate(resized) if resized
+            else np.zeros((0, image_size, image_size, channels), "float32"))
 
 
 # The epoch `fit` is in, counted from 0. A shuffled dataset reads it as each

@@ -494,3 +494,59 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
         )
     save_model(vae, Path(output_dir) / f"{vae.name}.keras")
     return history
+
+
+# ---------------------------------------------------------------------------
+# 5. Larger images: one more convolution per halving
+# ---------------------------------------------------------------------------
+
+LARGEST_FEATURE_MAP = 8  # the encoder halves the image until its side is at most this
+WIDEST_BLOCK = 256  # the most filters a convolution block gets
+SMALLEST_IMAGE_SIZE = 8  # two halvings (the reference's) leave 2x2
+
+
+def conv_filters(image_size):
+    """Filters of the encoder's stride-2 convolutions for images of
+    `image_size` x `image_size`; the decoder's transposed convolutions use
+    them in reverse.
+
+    At 28x28 these are the reference's two blocks, 32 and 64 filters
+    (28 -> 14 -> 7). A larger image gets one more block per halving, until
+    the feature map that `Flatten` reads is at most 8x8 (56 -> 7, 64 -> 8,
+    128 -> 8, 224 -> 7), as convolutional VAEs grow. The filters double
+    from block to block while the map shrinks, so each block costs about
+    the same, up to 256: wider blocks would put nearly all of the model's
+    weights into the Dense layer that reads the flattened map (8 * 8 * 256 =
+    16,384 features already). Every halving must be exact, so that the
+    decoder's doublings give back the input's size.
+    """
+    if image_size < SMALLEST_IMAGE_SIZE:
+        raise ValueError(f"an image size of {image_size} is too small for two halvings: "
+                         f"the smallest is {SMALLEST_IMAGE_SIZE}")
+    if not _halves_cleanly(image_size):
+        smaller = next(size for size in range(image_size - 1, 0, -1) if _halves_cleanly(size))
+        larger = next(size for size in range(image_size + 1, 2 * image_size)
+                      if _halves_cleanly(size))
+        raise ValueError(
+            f"an image size of {image_size} cannot be halved exactly down to "
+            f"{LARGEST_FEATURE_MAP}x{LARGEST_FEATURE_MAP} or less: the nearest sizes that "
+            f"can are {smaller} and {larger}")
+    return [min(32 * 2**block, WIDEST_BLOCK) for block in range(_halvings(image_size))]
+
+
+def feature_map_size(image_size):
+    """The side of the encoder's last feature map: 7 for 28x28 images."""
+    return image_size // 2 ** len(conv_filters(image_size))
+
+
+def _halvings(image_size):
+    """Halvings from `image_size` down to at most LARGEST_FEATURE_MAP: two
+    at least, the reference's."""
+    halvings = 2
+    while image_size / 2**halvings > LARGEST_FEATURE_MAP:
+        halvings += 1
+    return halvings
+
+
+def _halves_cleanly(image_size):
+    return image_size % 2 ** _halvings(image_size) == 0

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
 
 from errors import RunError
-from image_data import IMAGE_SHAPE, NUM_CLASSES
+from image_data import NUM_CLASSES
 from runs import atomic_path, read_history
 
 DIGIT_COLORS = "tab10"  # ten distinct colours, one per digit
@@ -42,16 +42,32 @@ def save_figure(figure, path):
 
 
 def tile_images(images, rows, columns):
-    """(rows * columns, h, w[, 1]) images -> one (rows * h, columns * w) mosaic."""
-    images = np.asarray(images).reshape(rows, columns, *np.shape(images)[1:3])
-    height, width = images.shape[2:]
-    return images.transpose(0, 2, 1, 3).reshape(rows * height, columns * width)
+    """(rows * columns, h, w[, c]) images -> one (rows * h, columns * w)
+    mosaic: a grey picture, or a colour one (..., 3) for 3 channels."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    height, width, channels = images.shape[1:]
+    mosaic = (images.reshape(rows, columns, height, width, channels)
+              .transpose(0, 2, 1, 3, 4).reshape(rows * height, columns * width, channels))
+    return as_picture(mosaic)
+
+
+def as_picture(image):
+    """An (h, w, c) image as `imshow` takes it: grey as (h, w), colour as is."""
+    image = np.asarray(image)
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def _show_image(axes, picture):
+    """Grey as dark ink on white paper, colour as it is."""
+    # "nearest" keeps each pixel of a 28x28 digit a crisp square (and draws
+    # faster than smoothing).
+    return axes.imshow(picture, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
 
 
 def _show_mosaic(axes, mosaic):
-    # "nearest" keeps each pixel of a 28x28 digit a crisp square (and draws
-    # faster than smoothing).
-    picture = axes.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    picture = _show_image(axes, mosaic)
     axes.set_xticks([])
     axes.set_yticks([])
     return picture
@@ -391,8 +407,6 @@ class LatentExplorer:
         self.figure.suptitle("Latent explorer: move z, pick a digit")
         self.image_axes = self.figure.add_axes([0.30, 0.30, 0.62, 0.60])
         self.image_axes.set_axis_off()
-        self.picture = self.image_axes.imshow(np.zeros(IMAGE_SHAPE[:2]), cmap="gray_r",
-                                              vmin=0.0, vmax=1.0)
         self.z0_slider = Slider(self.figure.add_axes([0.30, 0.16, 0.55, 0.04]), "z[0]",
                                 -z_range, z_range, valinit=0.0)
         self.z1_slider = Slider(self.figure.add_axes([0.30, 0.08, 0.55, 0.04]), "z[1]",
@@ -400,6 +414,7 @@ class LatentExplorer:
         digit_axes = self.figure.add_axes([0.04, 0.30, 0.16, 0.60])
         digit_axes.set_title("digit")
         self.digit_buttons = RadioButtons(digit_axes, [str(d) for d in range(NUM_CLASSES)])
+        self.picture = _show_image(self.image_axes, self.decoded_picture())
         self.z0_slider.on_changed(self.redraw)
         self.z1_slider.on_changed(self.redraw)
         self.digit_buttons.on_clicked(self.redraw)
@@ -411,9 +426,13 @@ class LatentExplorer:
         z = np.array([[self.z0_slider.val, self.z1_slider.val]], dtype="float32")
         return z, int(self.digit_buttons.value_selected)
 
+    def decoded_picture(self):
+        z, digit = self.state
+        return as_picture(np.asarray(self.decode(z, np.array([digit])))[0])
+
     def redraw(self, _=None):
         z, digit = self.state
-        self.picture.set_data(np.asarray(self.decode(z, np.array([digit])))[0, ..., 0])
+        self.picture.set_data(self.decoded_picture())
         self.image_axes.set_title(f"digit {digit} at z = ({z[0, 0]:+.2f}, {z[0, 1]:+.2f})")
         self.figure.canvas.draw_idle()
 
@@ -432,8 +451,7 @@ class RestorationExplorer:
         for axes, title in zip(self.panels, [corruption, "restored", "original"]):
             axes.set_title(title)
             axes.set_axis_off()
-            self.pictures.append(axes.imshow(np.zeros(IMAGE_SHAPE[:2]), cmap="gray_r",
-                                             vmin=0.0, vmax=1.0))
+            self.pictures.append(_show_image(axes, as_picture(damaged[0])))
         self.figure.subplots_adjust(bottom=0.22)
         self.index_slider = Slider(self.figure.add_axes([0.2, 0.06, 0.6, 0.05]),
                                    "test image", 0, len(damaged) - 1, valinit=0, valstep=1)
@@ -443,7 +461,7 @@ class RestorationExplorer:
     def redraw(self, _=None):
         index = int(self.index_slider.val)
         for picture, images in zip(self.pictures, self.rows):
-            picture.set_data(images[index, ..., 0])
+            picture.set_data(as_picture(images[index]))
         self.figure.canvas.draw_idle()
 
 

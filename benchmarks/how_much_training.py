@@ -45,18 +45,19 @@ CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
 
 def build(chapter, config):
     """The chapter's model at the run's settings."""
+    image_shape = (config.image_size, config.image_size, config.channels)
     with precision(mixed=config.mixed_precision):
         if chapter is cvae_embedding:
             return chapter.build_vae(config.latent_dim, config.embedding_dim, config.seed,
-                                     config.beta)
-        return chapter.build_vae(config.latent_dim, config.seed, config.beta)
+                                     config.beta, image_shape)
+        return chapter.build_vae(config.latent_dim, config.seed, config.beta, image_shape)
 
 
 def datasets(chapter, config):
     """Training and test pipelines as the chapter's main makes them, and a
     function that measures the model on the test images."""
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-        config.train_samples, config.test_samples)
+        config.train_samples, config.test_samples, config.image_size, config.channels)
     if chapter is denoising_vae:
         train_pairs = chapter.inputs_and_targets(train_images, config.corruption, config.seed)
         test_pairs = chapter.inputs_and_targets(test_images, config.corruption,

@@ -76,10 +76,15 @@ def test_the_first_images_are_damaged_alike_however_many_are_damaged(digits, cor
     np.testing.assert_array_equal(few, many[:10])
 
 
-def test_occlusion_blanks_one_square_of_the_given_size_over_ink(digits):
-    ones = np.ones((50, 28, 28, 1), "float32")
-    damaged = denoising_vae.occlude(ones, np.random.default_rng(0), size=10)
-    assert np.all((damaged == 0).reshape(50, -1).sum(axis=1) == 100)
+@pytest.mark.parametrize("size, channels, square", [(28, 1, 10), (56, 1, 20), (64, 3, 23)])
+def test_occlusion_blanks_one_square_of_the_same_share_of_the_side(size, channels, square):
+    ones = np.ones((50, size, size, channels), "float32")
+    damaged = denoising_vae.occlude(ones, np.random.default_rng(0))
+    blanked = (damaged == 0).all(axis=-1).reshape(50, -1).sum(axis=1)
+    assert np.all(blanked == square * square)
+
+
+def test_occlusion_hides_part_of_every_digit(digits):
     hidden_ink = (digits - denoising_vae.occlude(digits, np.random.default_rng(0))).sum(axis=(1, 2, 3))
     assert np.all(hidden_ink > 1.0)  # every square hides part of its digit
 
