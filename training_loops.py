@@ -10,7 +10,8 @@ Every script builds on this file, so read it first, top to bottom:
    `train_step` and `test_step` that add the two terms and the
    `keras.metrics.Mean` trackers that report them;
 4. `train`: `fit` with the callbacks that log every epoch and make a run
-   resumable.
+   resumable;
+5. `conv_filters`: how the chapters' convolutions grow with the image size.
 
 The chapters then build their own encoder and decoder and hand them to `VAE`:
 `cvae_onehot.py` (the label as a one-hot vector), `cvae_embedding.py` (the

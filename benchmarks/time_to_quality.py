@@ -114,8 +114,11 @@ def main(argv=None):
     fast_flags = shlex.split(config.fast if config.fast is not None
                              else FAST_RECIPES[config.chapter])
     output = config.output or REPO / "outputs" / f"time_to_quality_{config.chapter}.json"
+    recipes = [("reference", []), ("fast", fast_flags)]
+    for _, own_flags in recipes:  # a bad flag stops the script before any training
+        CHAPTERS[config.chapter].parse_settings(shared_flags + own_flags)
     runs = {}
-    for recipe, own_flags in [("reference", []), ("fast", fast_flags)]:
+    for recipe, own_flags in recipes:
         flags = shared_flags + own_flags
         print(f"{recipe}: python {config.chapter}.py {' '.join(flags)}", flush=True)
         runs[recipe] = {"flags": flags, "recipe": " ".join(own_flags),

@@ -103,6 +103,15 @@ def test_how_much_training_refuses_an_epoch_past_the_run(small_mnist, capsys):
     assert stop.value.code == 2 and "invalid choice: 'linear'" in capsys.readouterr().err
 
 
+def test_time_to_quality_checks_the_fast_recipe_before_training(small_mnist, capsys):
+    with pytest.raises(SystemExit) as stop:
+        time_to_quality.main(["cvae_onehot", "--fast", "--epochs 0"])
+    assert stop.value.code == 2
+    printed = capsys.readouterr()
+    assert "argument --epochs: expected a positive integer, got '0'" in printed.err
+    assert "reference:" not in printed.out  # nothing was trained
+
+
 def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, tmp_path,
                                                                    capsys):
     output = tmp_path / "ttq.json"
