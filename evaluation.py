@@ -150,7 +150,8 @@ def _some_of_each_class(digits, count, rng):
 def _accuracy(classifier, images, digits):
     # The classifier reads MNIST's 28x28 grey: larger or colour digits are
     # brought back to it first.
-    images = resize_images(np.asarray(images), *IMAGE_SHAPE[1:])
+    height, _, channels = IMAGE_SHAPE
+    images = resize_images(np.asarray(images), height, channels)
     predicted = np.argmax(classifier.predict(images, batch_size=128, verbose=0), axis=1)
     correct = predicted == np.asarray(digits)
     return {"images": len(correct), "overall": float(correct.mean()),

@@ -32,8 +32,9 @@ def parse_hyperparameters(script_globals, argv=None,
     its trailing comment is its help text and its value the default.
     Numbers must be positive, except the names in `non_negative`; `choices`
     maps a NAME to its allowed values, and `checks` to a function that
-    raises ValueError, with a one-line reason, for a value it refuses. Returns an `argparse.Namespace` with
-    lower-case names, plus `resume`, `overwrite`, `explore` and `script`.
+    raises ValueError, with a one-line reason, for a value it refuses.
+    Returns an `argparse.Namespace` with lower-case names, plus `resume`,
+    `overwrite`, `explore` and `script`.
     """
     choices, checks = choices or {}, checks or {}
     script = Path(script_globals["__file__"])
