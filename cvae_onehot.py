@@ -29,10 +29,11 @@ import keras
 from keras import layers
 
 from errors import run_main
+from digit_classifier import classifier_for_run
 from evaluation import conditional_accuracy, write_metrics
 from hyperparameters import parse_hyperparameters
-from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
-from runs import load_trained_model, precision, start_run
+from image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
+from runs import load_class_names, load_trained_model, precision, save_class_names, start_run
 from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
                             train)
 from visualization_utils import (
@@ -46,8 +47,10 @@ from visualization_utils import (
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
 
 # Data
-TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
-TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
+DATA_DIR = ""  # your own images instead of MNIST: a folder with one subfolder per class
+TEST_FRACTION = 0.1  # with DATA_DIR: the share of its images held out (seeded) for testing
+TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000; of DATA_DIR, at most this many)
+TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000; of DATA_DIR, at most this many)
 IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
 CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
@@ -75,15 +78,16 @@ OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "cvae_onehot"  # wher
 # ## Data
 
 
-def one_hot(digits):
-    """The digit 3 becomes [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]."""
-    return keras.utils.to_categorical(digits, NUM_CLASSES).astype("float32")
+def one_hot(digits, num_classes=NUM_CLASSES):
+    """The digit 3 becomes [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]: one entry per
+    class (10 for MNIST, one per class folder of a DATA_DIR)."""
+    return keras.utils.to_categorical(digits, num_classes).astype("float32")
 
 
-def inputs_and_targets(images, digits):
+def inputs_and_targets(images, digits, num_classes=NUM_CLASSES):
     """What the model is fed: the image and its one-hot label go in, and the
     target is the image itself."""
-    return (images, one_hot(digits)), images
+    return (images, one_hot(digits, num_classes)), images
 
 
 # ## Encoder
@@ -91,9 +95,9 @@ def inputs_and_targets(images, digits):
 # label joins them (3146) before the dense layer that predicts q(z | x, y).
 
 
-def build_encoder(latent_dim, image_shape=IMAGE_SHAPE):
+def build_encoder(latent_dim, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
     images = keras.Input(shape=image_shape, name="image")
-    labels = keras.Input(shape=(NUM_CLASSES,), name="label_one_hot")
+    labels = keras.Input(shape=(num_classes,), name="label_one_hot")
     x = images
     # At 28x28 the reference's two stride-2 convolutions, 32 and 64 filters
     # (28 -> 14 -> 7); a larger image gets one more per halving (conv_filters).
@@ -118,9 +122,9 @@ def build_encoder(latent_dim, image_shape=IMAGE_SHAPE):
 # `training_loops.reconstruction_loss`).
 
 
-def build_decoder(latent_dim, image_shape=IMAGE_SHAPE):
+def build_decoder(latent_dim, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
     z = keras.Input(shape=(latent_dim,), name="z")
-    labels = keras.Input(shape=(NUM_CLASSES,), name="label_one_hot")
+    labels = keras.Input(shape=(num_classes,), name="label_one_hot")
     x = layers.Concatenate()([z, labels])  # 2 + 10 = 12
     # The encoder's blocks in reverse: at 28x28 a 7x7x64 block, grown by
     # transposed convolutions of 64 and 32 filters to 14x14 and 28x28.
@@ -143,11 +147,11 @@ def build_decoder(latent_dim, image_shape=IMAGE_SHAPE):
 LOSS_SCALE = "loss per image, batch mean"
 
 
-def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE):
+def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
     """The shared VAE class, with this chapter's encoder and decoder."""
     return VAE(
-        build_encoder(latent_dim, image_shape),
-        build_decoder(latent_dim, image_shape),
+        build_encoder(latent_dim, image_shape, num_classes),
+        build_decoder(latent_dim, image_shape, num_classes),
         # Both terms averaged over the batch: a loss per image.
         reconstruction_reduction="mean",
         kl_reduction="mean",
@@ -163,19 +167,21 @@ def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE):
 def digit_decoder(vae):
     """decode(z, digits) for the figures and the explorer: the decoder is told
     the digit the way this chapter does it, one-hot."""
-    return lambda z, digits: vae.predict_images(z, one_hot(digits))
+    num_classes = vae.decoder.inputs[1].shape[-1]  # the one-hot width it was built for
+    return lambda z, digits: vae.predict_images(z, one_hot(digits, num_classes))
 
 
 def digit_encoder(vae):
     """encode(images, digits) -> z_mean, with the digits given one-hot as above."""
-    return lambda images, digits: vae.predict_z_mean(images, one_hot(digits))
+    num_classes = vae.encoder.inputs[1].shape[-1]
+    return lambda images, digits: vae.predict_z_mean(images, one_hot(digits, num_classes))
 
 
-def save_figures(vae, test_images, test_digits, test_z_mean, config):
+def save_figures(vae, test_images, test_digits, test_z_mean, class_names, config):
     plot_conditional_vae_figures(digit_decoder(vae), test_z_mean,
                                  test_images, test_digits, config.output_dir, LOSS_SCALE,
                                  config.beta, seed=config.seed,
-                                 examples_shown=config.examples_shown)
+                                 examples_shown=config.examples_shown, class_names=class_names)
 
 
 # ## Explore
@@ -185,7 +191,8 @@ def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
     check_explorer_can_open()
     vae = load_trained_model(config.output_dir, "cvae_onehot")
-    return show_explorer(LatentExplorer(digit_decoder(vae), vae.latent_dim))
+    return show_explorer(LatentExplorer(digit_decoder(vae), vae.latent_dim,
+                                        class_names=load_class_names(config.output_dir)))
 
 
 # ## Run: data, training, evaluation, figures
@@ -203,18 +210,21 @@ def main(argv=None):
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
-        (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-            config.train_samples, config.test_samples, config.image_size, config.channels)
-        train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
+        # MNIST's digits, or the images and classes of DATA_DIR.
+        (train_images, train_digits), (test_images, test_digits), class_names = load_images(
+            config)
+        save_class_names(class_names, config.output_dir)
+        num_classes = len(class_names)
+        train_data = make_dataset(*inputs_and_targets(train_images, train_digits, num_classes),
                                   config.batch_size, shuffle_buffer=len(train_images),
                                   seed=config.seed)
-        test_pairs = inputs_and_targets(test_images, test_digits)
+        test_pairs = inputs_and_targets(test_images, test_digits, num_classes)
         test_data = make_dataset(*test_pairs, config.batch_size)
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
             vae = build_vae(config.latent_dim, config.seed, config.beta,
-                            image_shape=test_images.shape[1:])
+                            image_shape=test_images.shape[1:], num_classes=num_classes)
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
               lr_warmup_fraction=config.lr_warmup_fraction,
@@ -222,12 +232,14 @@ def main(argv=None):
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.
-        accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_digits,
-                                        seed=config.seed)
+        judge = classifier_for_run(config.data_dir, train_images, train_digits, num_classes,
+                                   config.seed)
+        accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_images,
+                                        test_digits, seed=config.seed, classifier=judge)
         write_metrics(vae, test_pairs, LOSS_SCALE, config,
                       extra={"conditional_accuracy": accuracy})
         stopwatch.lap("evaluation")
-        save_figures(vae, test_images, test_digits, test_z_mean, config)
+        save_figures(vae, test_images, test_digits, test_z_mean, class_names, config)
         stopwatch.lap("figures")
     return vae
 

@@ -8,18 +8,27 @@ repository (models/digit_classifier.weights.h5, 160 KB), so a run needs no
 extra training; `python digit_classifier.py` makes them again from the seed
 below (5 epochs on MNIST's 60,000 training images, about 3 minutes on a
 2-core CPU) and prints the test accuracy: 99.16% for the shipped weights.
+
+A run on a folder of other images (--data-dir) is judged by a classifier of
+the same design trained on that run's own training images, at the run's
+image size, and cached: `classifier_for_run`.
 """
 
 import argparse
+import hashlib
+import math
 import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from errors import RunError, run_main
 from hyperparameters import OneLineErrorParser
-from image_data import IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, load_mnist_images, make_dataset
+from image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, load_mnist_images,
+                        make_dataset, resize_images)
+from mnist import keras_datasets_dir
 from runs import atomic_path, make_reproducible
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "models" / "digit_classifier.weights.h5"
@@ -30,16 +39,16 @@ LEARNING_RATE = 3e-3
 SEED = 0
 
 
-def build_classifier():
-    """Two convolution blocks and a linear layer: 34,826 weights."""
+def build_classifier(image_shape=IMAGE_SHAPE, class_count=NUM_CLASSES):
+    """Two convolution blocks and a linear layer: 34,826 weights for MNIST."""
     return keras.Sequential([
-        keras.Input(shape=IMAGE_SHAPE),
+        keras.Input(shape=image_shape),
         layers.Conv2D(32, 3, activation="relu"),
         layers.MaxPooling2D(2),
         layers.Conv2D(64, 3, activation="relu"),
         layers.MaxPooling2D(2),
         layers.Flatten(),
-        layers.Dense(NUM_CLASSES, activation="softmax"),
+        layers.Dense(class_count, activation="softmax"),
     ], name="digit_classifier")
 
 
@@ -57,13 +66,21 @@ def load_digit_classifier(path=WEIGHTS_PATH):
 
 
 def train_classifier(epochs, seed, train_samples=60_000, test_samples=10_000):
-    """Trains a classifier from `seed`; returns it and its test accuracy."""
-    make_reproducible(seed)
+    """Trains a digit classifier on MNIST from `seed`; returns it and its test
+    accuracy."""
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
         train_samples, test_samples)
-    classifier = build_classifier()
-    train_data = make_dataset(train_images, train_digits, BATCH_SIZE,
-                              shuffle_buffer=len(train_images), seed=seed)
+    classifier = fit_classifier(train_images, train_digits, NUM_CLASSES, epochs, seed)
+    _, accuracy = classifier.evaluate(test_images, test_digits, verbose=0)
+    return classifier, accuracy
+
+
+def fit_classifier(images, labels, class_count, epochs, seed, verbose=None):
+    """A classifier of `images` into `class_count` classes, trained from `seed`."""
+    make_reproducible(seed)
+    classifier = build_classifier(images.shape[1:], class_count)
+    train_data = make_dataset(images, labels, BATCH_SIZE,
+                              shuffle_buffer=len(images), seed=seed)
     # The step size decays from LEARNING_RATE to 0 along a cosine: the last
     # small steps settle the weights, worth a few tenths of a percent.
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE,
@@ -71,9 +88,62 @@ def train_classifier(epochs, seed, train_samples=60_000, test_samples=10_000):
     classifier.compile(optimizer=keras.optimizers.Adam(schedule),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     classifier.fit(train_data, epochs=epochs, callbacks=[ShuffleByEpoch()], shuffle=False,
-                   verbose=1 if sys.stdout.isatty() else 2)
-    _, accuracy = classifier.evaluate(test_images, test_digits, verbose=0)
-    return classifier, accuracy
+                   verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose)
+    return classifier
+
+
+# ---------------------------------------------------------------------------
+# The judge of a run on other images
+# ---------------------------------------------------------------------------
+
+# Where classifiers trained on a run's images are kept, by a digest of those
+# images: a second run on the same images (another chapter, another seed of
+# the VAE) reuses the first's.
+CLASSIFIER_CACHE = keras_datasets_dir().parent / "classifiers"
+# A folder of a few hundred images gives only a few steps per epoch: the
+# classifier trains for at least this many steps, going over small folders
+# several times an epoch.
+FOLDER_CLASSIFIER_STEPS = 300
+# It reads images at most this large (larger ones are shrunk for it): a
+# class shows at 32x32 (CIFAR's size), and a step costs 4 times less than
+# at 64x64.
+FOLDER_CLASSIFIER_SIZE = 32
+
+
+def classifier_for_run(data_dir, train_images, train_labels, class_count, seed,
+                       cache=CLASSIFIER_CACHE):
+    """The classifier that judges a run's samples: the shipped digit
+    classifier for MNIST (no `data_dir`); for a folder, one trained on the
+    run's training images (shrunk to FOLDER_CLASSIFIER_SIZE), loaded from
+    `cache` when the same images have been seen before."""
+    if not data_dir:
+        return load_digit_classifier()
+    size = min(train_images.shape[1], FOLDER_CLASSIFIER_SIZE)
+    train_images = resize_images(train_images, size, train_images.shape[-1])
+    digest = hashlib.sha256()
+    for array in (train_images, train_labels.astype("int64")):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    digest.update(f"{class_count} {seed} {FOLDER_CLASSIFIER_STEPS}".encode())
+    path = Path(cache) / f"{digest.hexdigest()[:24]}.weights.h5"
+    classifier = build_classifier(train_images.shape[1:], class_count)
+    if path.exists():
+        try:
+            classifier.load_weights(path)
+            print(f"Loaded the classifier trained on these images before: {path}")
+            return classifier
+        except Exception:  # damaged: train it again
+            pass
+    passes = math.ceil(FOLDER_CLASSIFIER_STEPS * BATCH_SIZE / (EPOCHS * len(train_images)))
+    print(f"Training a classifier on the {len(train_images):,} training images to judge "
+          f"the samples ({EPOCHS * passes} passes); it is kept in {path.parent}", flush=True)
+    repeated = np.tile(np.arange(len(train_images)), passes)
+    trained = fit_classifier(train_images[repeated], train_labels[repeated], class_count,
+                             EPOCHS, seed, verbose=0)
+    classifier.set_weights(trained.get_weights())  # without the optimizer's state
+    with atomic_path(path) as temporary:
+        classifier.save_weights(temporary)
+    return classifier
 
 
 def _integer_from(lowest, highest):

@@ -81,6 +81,7 @@ def parse_hyperparameters(script_globals, argv=None,
     parser.set_defaults(script=script.name)
     config = parser.parse_args(argv)
     _check_kl_annealing(parser, config)
+    _check_mnist_sample_counts(parser, config)
     for name, check in checks.items():
         value = getattr(config, name.lower())
         try:
@@ -99,6 +100,23 @@ def _check_kl_annealing(parser, config):
     for flag, value in [("--kl-warmup-epochs", warmup), ("--kl-cycles", cycles)]:
         if value > getattr(config, "epochs", value):
             parser.error(f"{flag} {value} is more than --epochs {config.epochs}")
+
+
+# How many images each split of MNIST has. A --data-dir may have more:
+# there the sample counts are upper limits.
+MNIST_SPLIT_SIZES = {"train_samples": (60_000, "MNIST's training images"),
+                     "test_samples": (10_000, "MNIST's test images")}
+
+
+def _check_mnist_sample_counts(parser, config):
+    """Without a --data-dir, the sample counts fit in MNIST's splits."""
+    if getattr(config, "data_dir", ""):
+        return
+    for name, (size, reason) in MNIST_SPLIT_SIZES.items():
+        value = getattr(config, name, 0)
+        if value > size:
+            parser.error(f"argument --{name.replace('_', '-')}: expected a positive integer "
+                         f"of at most {size:,} ({reason}), got '{value}'")
 
 
 HYPERPARAMETER_SECTION = "# ## Hyperparameters"
@@ -130,14 +148,13 @@ def _top_level_constants(script):
 
 
 # The largest integer a flag may take, and why: TensorFlow counts sizes in
-# int32, NumPy's seed must fit in 32 unsigned bits, MNIST has so many images,
-# and larger layers would not fit in memory. Larger values would otherwise
+# int32, NumPy's seed must fit in 32 unsigned bits, MNIST has so many images
+# (the sample counts are checked against MNIST's splits after parsing, since
+# a --data-dir may have more), and larger layers would not fit in memory. Larger values would otherwise
 # fail deep inside a library, after the data has loaded.
 INTEGER_LIMIT = 2**31 - 1
 INTEGER_LIMITS = {
     "SEED": (2**32 - 1, "seeds are 32-bit"),
-    "TRAIN_SAMPLES": (60_000, "MNIST's training images"),
-    "TEST_SAMPLES": (10_000, "MNIST's test images"),
     "BATCH_SIZE": (60_000, "MNIST's training images"),
     "SHUFFLE_BUFFER": (60_000, "MNIST's training images"),
     "LATENT_DIM": (4096, "to fit in memory"),
@@ -150,7 +167,7 @@ INTEGER_LIMITS = {
 
 
 # Shares of a whole, which must stay below 1.
-FRACTIONS = {"LR_WARMUP_FRACTION"}
+FRACTIONS = {"LR_WARMUP_FRACTION", "TEST_FRACTION"}
 
 
 def _value_parser(default, allow_zero, integer_limit, limit_reason, below_one=False):

@@ -1,4 +1,5 @@
-"""The chapters' data: MNIST images as floats, and `tf.data` pipelines.
+"""The chapters' data: MNIST or a folder of the user's images as floats, and
+`tf.data` pipelines.
 
 Plumbing, not part of the lesson. What a chapter pairs as model inputs and
 targets (image and label, damaged and clean image) is written in the chapter.
@@ -6,14 +7,40 @@ targets (image and label, damaged and clean image) is written in the chapter.
 handed on from here with the images.
 """
 
+import contextlib
+import io
+import os
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from errors import RunError
 from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
-__all__ = ["IMAGE_SHAPE", "NUM_CLASSES", "ShuffleByEpoch", "images_to_float",
-           "load_mnist_images", "make_dataset", "resize_images"]
+__all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFolderError", "ShuffleByEpoch",
+           "images_to_float", "load_image_folder", "load_images", "load_mnist_images",
+           "make_dataset", "resize_images"]
+
+DIGIT_NAMES = [str(digit) for digit in range(NUM_CLASSES)]  # MNIST's classes, by name
+
+
+def load_images(config, classes_needed=2):
+    """The run's images: MNIST, or the folder `config.data_dir` names.
+
+    Returns `(train_images, train_labels), (test_images, test_labels),
+    class_names`: float images of shape (n, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
+    in [0, 1], integer labels indexing `class_names`. A folder must hold
+    `classes_needed` classes or more; with 0 its classes are ignored (labels
+    0, `class_names` None).
+    """
+    if not config.data_dir:
+        return (*load_mnist_images(config.train_samples, config.test_samples,
+                                   config.image_size, config.channels), DIGIT_NAMES)
+    return load_image_folder(Path(config.data_dir), config.image_size, config.channels,
+                             config.test_fraction, config.seed, config.train_samples,
+                             config.test_samples, classes_needed)
 
 
 def images_to_float(images):
@@ -45,12 +72,13 @@ def resize_images(images, image_size, channels, images_per_call=2048):
 
     Resized bilinearly, with antialiasing so that shrinking averages pixels
     rather than skipping them; grey images asked for in colour get their grey
-    as red, green and blue; colour asked for in grey becomes the mean of the
-    three. A few thousand images a call keep the memory peak small.
+    as red, green and blue; colour asked for in grey becomes its luminance
+    (0.30 red + 0.59 green + 0.11 blue, as the eye weighs them). A few
+    thousand images a call keep the memory peak small.
     """
     if images.shape[-1] != channels:
         images = (np.repeat(images, channels, axis=-1) if channels == 3
-                  else images.mean(axis=-1, keepdims=True))
+                  else tf.image.rgb_to_grayscale(images).numpy())
     if images.shape[1:3] == (image_size, image_size):
         return images
     resized = [tf.image.resize(images[start:start + images_per_call], [image_size, image_size],
@@ -58,6 +86,168 @@ def resize_images(images, image_size, channels, images_per_call=2048):
                for start in range(0, len(images), images_per_call)]
     return (np.concatenate(resized) if resized
             else np.zeros((0, image_size, image_size, channels), "float32"))
+
+
+# ---------------------------------------------------------------------------
+# A folder of the user's own images
+# ---------------------------------------------------------------------------
+
+# What Keras' loader reads (by the end of the name, in any case).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+FOLDER_LAYOUT = ("one subfolder per class, named after it, holding that class's "
+                 "PNG, JPEG, BMP or GIF images: DIR/cat/001.jpg, DIR/dog/002.png, ...")
+
+
+class ImageFolderError(RunError):
+    """A --data-dir that cannot be used; the message says how it must look."""
+
+
+def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
+                      train_samples, test_samples, classes_needed=2):
+    """The images of `data_dir` as `load_images` returns them.
+
+    Keras' `image_dataset_from_directory` finds the images and their classes
+    (one subfolder per class, in sorted order) and holds out a seeded
+    `test_fraction` of them as test images. Each image is cropped to a
+    centred square, so nothing is stretched, and resized to `image_size` by
+    averaging the pixels each new pixel covers ("area": photos are mostly
+    shrunk). At most `train_samples` and `test_samples` images of each split
+    are used.
+    """
+    _check_folder_layout(data_dir, classes_needed)
+    try:
+        # Read in colour, which every format decodes to (TensorFlow reads no
+        # BMP as grey); `_as_arrays` turns it grey if asked. The loader's
+        # remarks on the split are kept quiet: the line printed below says it.
+        with contextlib.redirect_stdout(io.StringIO()):
+            train_split, test_split = keras.utils.image_dataset_from_directory(
+                data_dir, labels="inferred" if classes_needed else None, label_mode="int",
+                color_mode="rgb", batch_size=None, image_size=(image_size, image_size),
+                crop_to_aspect_ratio=True, interpolation="area", shuffle=True, seed=seed,
+                validation_split=test_fraction, subset="both", verbose=False)
+    except ValueError as error:  # a split left empty: too few images
+        raise ImageFolderError(f"--data-dir {data_dir}: {_first_line(error)} (too few "
+                               f"images to hold out --test-fraction {test_fraction})") from None
+    class_names = train_split.class_names if classes_needed else None
+    train_count = min(train_samples, len(train_split.file_paths))
+    test_count = min(test_samples, len(test_split.file_paths))
+    _check_fits_in_memory(train_count + test_count, image_size, channels)
+    print(f"Found {len(train_split.file_paths) + len(test_split.file_paths):,} images"
+          + (f" of {len(class_names)} classes ({_names_text(class_names)})"
+             if class_names else "")
+          + f" in {data_dir}: training on {train_count:,}, testing on {test_count:,}.",
+          flush=True)
+    return (_as_arrays(train_split, train_count, channels, data_dir),
+            _as_arrays(test_split, test_count, channels, data_dir), class_names)
+
+
+def _check_folder_layout(data_dir, classes_needed):
+    """Raises an ImageFolderError, saying what is wrong, unless `data_dir`
+    holds images, in `classes_needed` class folders or more if that is not
+    0."""
+    if not data_dir.exists():
+        raise ImageFolderError(f"--data-dir {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise ImageFolderError(f"--data-dir {data_dir} is a file: it must be a folder with "
+                               + FOLDER_LAYOUT)
+    entries = sorted(path for path in data_dir.iterdir() if not path.name.startswith("."))
+    class_folders = [path for path in entries if path.is_dir()]
+    loose_images = [path.name for path in entries if _is_image(path)]
+    if not classes_needed:
+        if not loose_images and not any(_count_images(folder) for folder in class_folders):
+            raise ImageFolderError(f"--data-dir {data_dir} holds no PNG, JPEG, BMP or GIF "
+                                   "images, neither in it nor in its subfolders")
+        return
+    if loose_images and class_folders:
+        raise ImageFolderError(f"--data-dir {data_dir} holds images beside its class "
+                               f"folders ({_names_text(loose_images)}): move each into "
+                               f"the folder of its class. The layout is {FOLDER_LAYOUT}")
+    if not class_folders:
+        found = (f"holds {len(loose_images)} images but no class folders" if loose_images
+                 else "is empty")
+        raise ImageFolderError(f"--data-dir {data_dir} {found}: a conditional VAE learns "
+                               f"from classes, so it needs {FOLDER_LAYOUT}")
+    for folder in class_folders:
+        if not _count_images(folder):
+            raise ImageFolderError(f"the class folder {folder} holds no PNG, JPEG, BMP or "
+                                   "GIF images: add some, or remove the folder")
+    if len(class_folders) < classes_needed:
+        raise ImageFolderError(
+            f"--data-dir {data_dir} has {len(class_folders)} class folder "
+            f"({class_folders[0].name}): a conditional VAE needs at least {classes_needed} "
+            "classes to tell apart (the denoiser, denoising_vae.py, needs none)")
+
+
+def _is_image(path):
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _count_images(folder):
+    """The images in `folder` and its subfolders, as Keras' loader counts them."""
+    return sum(name.lower().endswith(IMAGE_SUFFIXES)
+               for _, _, names in os.walk(folder, followlinks=False) for name in names)
+
+
+def _names_text(names, shown=5):
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)"
+                                       if len(names) > shown else "")
+
+
+def _first_line(error):
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+def _check_fits_in_memory(image_count, image_size, channels, share_of_memory=0.5):
+    """Refuses, in one line, images that would take more than half of the
+    memory still free as float32 arrays."""
+    needed = image_count * image_size * image_size * channels * 4
+    free = _free_memory()
+    if free is not None and needed > share_of_memory * free:
+        raise ImageFolderError(
+            f"{image_count:,} images of {image_size}x{image_size}x{channels} need "
+            f"{needed / 2**30:.1f} GiB as float32, more than half of the "
+            f"{free / 2**30:.1f} GiB free: use fewer (--train-samples) or smaller "
+            "(--image-size) images")
+
+
+def _free_memory():
+    """Bytes of memory free for new data, or None where the system won't say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not Linux
+        return None
+
+
+def _as_arrays(split, count, channels, data_dir, images_per_batch=256):
+    """The first `count` (image, label) pairs of a split as float32 images in
+    [0, 1] with `channels` channels, and int labels (0 where the folder's
+    classes are ignored)."""
+    images, labels = [], []
+    try:
+        for batch in split.take(count).batch(images_per_batch):
+            batch_images, batch_labels = batch if isinstance(batch, tuple) else (batch, None)
+            colour = batch_images.numpy() / np.float32(255.0)
+            images.append(resize_images(colour, colour.shape[1], channels))
+            labels.append(np.zeros(len(batch_images), "int64") if batch_labels is None
+                          else batch_labels.numpy())
+    except tf.errors.OpError:  # an image that does not decode
+        _raise_for_unreadable_image(split.file_paths[:count], data_dir)
+        raise
+    # Keras' loader refuses an empty split, so there is at least one batch.
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _raise_for_unreadable_image(paths, data_dir):
+    """Finds the first image among `paths` that TensorFlow cannot decode and
+    raises an ImageFolderError naming it."""
+    for path in paths:
+        try:
+            tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
+        except tf.errors.OpError as error:
+            raise ImageFolderError(
+                f"cannot read the image {path} in --data-dir {data_dir} "
+                f"({_first_line(error.message)}): remove it, or save it again as PNG "
+                "or JPEG") from None
 
 
 # The epoch `fit` is in, counted from 0. A shuffled dataset reads it as each

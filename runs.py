@@ -9,8 +9,8 @@ Plumbing, not part of the lesson:
 * `prepare_output_dir` gets the folder ready for `training_loops.train`;
   `read_history` reads the history.csv that `fit` writes there, and
   `AllOrNothingBackup` keeps the backup that --resume continues from;
-* `load_trained_model` and `load_run_config` read back what a finished run
-  saved, for --explore.
+* `load_trained_model`, `load_run_config` and `load_class_names` read back
+  what a finished run saved, for --explore.
 
 Every file is written atomically, so an interrupted run leaves the old file
 or the new one, never half of one. A run writes only files it owns: the
@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from errors import RunError, RunInterrupted
+from image_data import DIGIT_NAMES
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume.
@@ -429,6 +430,32 @@ def load_trained_model(output_dir, model_name):
         raise RunError(f"{path} was saved by an earlier version of this project, "
                        f"whose decoder ended in a sigmoid. {retrain}")
     return vae
+
+
+CLASS_NAMES_FILE = "class_names.json"
+
+
+def save_class_names(class_names, output_dir):
+    """Keeps the names of the run's classes (a --data-dir's class folders),
+    which its model knows only by number, for the explorer."""
+    save_json(class_names, Path(output_dir) / CLASS_NAMES_FILE)
+
+
+def load_class_names(output_dir):
+    """The class names a run saved (MNIST's digits for a run that saved none:
+    one of an earlier version)."""
+    path = Path(output_dir) / CLASS_NAMES_FILE
+    if not path.exists():
+        return DIGIT_NAMES
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"cannot read the class names from {path} ({error}): retrain, or "
+                       "restore the file") from None
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise RunError(f"{path} does not hold a list of class names: retrain, or restore "
+                       "the file")
+    return names
 
 
 def load_run_config(output_dir, **allowed):

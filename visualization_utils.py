@@ -5,12 +5,14 @@ pyplot, so it works on a machine with no display, and saves it as a PNG
 (written to a temporary name first, so an interrupted run never leaves half a
 picture). Only the interactive explorers at the end use pyplot, to open a
 window.
-Helpers that decode take a `decode(z, digits)` function from the chapter: how
+Helpers that decode take a `decode(z, labels)` function from the chapter: how
 the label reaches the decoder is what a chapter teaches, so it stays there.
-Each grid is decoded in one batched call.
+Each grid is decoded in one batched call. The classes are MNIST's digits
+unless `class_names` says otherwise (a --data-dir's class folders).
 """
 
 import os
+import re
 import sys
 from statistics import NormalDist
 
@@ -28,10 +30,27 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
 
 from errors import RunError
-from image_data import NUM_CLASSES
+from image_data import DIGIT_NAMES
 from runs import atomic_path, read_history
 
-DIGIT_COLORS = "tab10"  # ten distinct colours, one per digit
+# The most classes a figure with a row or a panel per class shows.
+CLASSES_SHOWN = 20
+
+
+def class_noun(class_names):
+    """What a class is called in a figure: "digit" for MNIST, else "class"."""
+    return "digit" if list(class_names) == DIGIT_NAMES else "class"
+
+
+def class_colors(class_count):
+    """A Matplotlib colour map with a distinct colour for each class where
+    there are at most 20, else a continuous one."""
+    return "tab10" if class_count <= 10 else "tab20" if class_count <= 20 else "viridis"
+
+
+def shown_classes(class_names):
+    """The classes a per-class figure shows: all, or the first CLASSES_SHOWN."""
+    return list(class_names)[:CLASSES_SHOWN]
 
 
 def save_figure(figure, path):
@@ -73,41 +92,54 @@ def _show_mosaic(axes, mosaic):
     return picture
 
 
-def plot_latent_space(z_means, digits, path, title):
-    """Scatter of 2-d latent means, one colour per digit."""
+def plot_latent_space(z_means, labels, path, title, class_names=DIGIT_NAMES):
+    """Scatter of 2-d latent means, one colour per class."""
     if z_means.shape[1] != 2:
         raise ValueError(f"the latent space plot needs 2-d latents, got {z_means.shape[1]}-d")
+    count = len(class_names)
     figure = Figure(figsize=(7.5, 6.5))
     axes = figure.subplots()
-    points = axes.scatter(z_means[:, 0], z_means[:, 1], c=digits, cmap=DIGIT_COLORS,
-                          vmin=-0.5, vmax=NUM_CLASSES - 0.5, s=3, alpha=0.6)
-    colorbar = figure.colorbar(points, ax=axes, ticks=range(NUM_CLASSES))
-    colorbar.set_label("digit")
+    points = axes.scatter(z_means[:, 0], z_means[:, 1], c=labels, cmap=class_colors(count),
+                          vmin=-0.5, vmax=count - 0.5, s=3, alpha=0.6)
+    colorbar = figure.colorbar(points, ax=axes, ticks=range(count))
+    colorbar.ax.set_yticklabels(class_names)
+    colorbar.set_label(class_noun(class_names))
     axes.set_xlabel("z[0] (posterior mean)")
     axes.set_ylabel("z[1] (posterior mean)")
     axes.set_title(title)
     return save_figure(figure, path)
 
 
-def plot_generated_digits(decode, latent_dim, path, samples_per_digit=10, seed=0):
-    """One row per digit 0-9, one column per z drawn from the prior N(0, I).
+def plot_generated_digits(decode, latent_dim, path, samples_per_digit=10, seed=0,
+                          class_names=DIGIT_NAMES):
+    """One row per digit 0-9 (per class), one column per z drawn from the
+    prior N(0, I).
 
     Each column uses the same z for every digit, so reading down a column
     shows one "style" written as ten different digits.
     """
+    rows = shown_classes(class_names)
     z = np.random.default_rng(seed).standard_normal((samples_per_digit, latent_dim))
-    z_grid = np.tile(z, (NUM_CLASSES, 1)).astype("float32")
-    digits = np.repeat(np.arange(NUM_CLASSES), samples_per_digit)
-    images = decode(z_grid, digits)
-    figure = Figure(figsize=(samples_per_digit * 0.6 + 1, NUM_CLASSES * 0.6 + 1))
+    z_grid = np.tile(z, (len(rows), 1)).astype("float32")
+    labels = np.repeat(np.arange(len(rows)), samples_per_digit)
+    images = decode(z_grid, labels)
+    figure = Figure(figsize=(samples_per_digit * 0.6 + 1, len(rows) * 0.6 + 1))
     axes = figure.subplots()
-    _show_mosaic(axes, tile_images(images, NUM_CLASSES, samples_per_digit))
+    _show_mosaic(axes, tile_images(images, len(rows), samples_per_digit))
     size = np.shape(images)[1]
-    axes.set_yticks((np.arange(NUM_CLASSES) + 0.5) * size, labels=range(NUM_CLASSES))
-    axes.set_ylabel("digit asked for")
+    axes.set_yticks((np.arange(len(rows)) + 0.5) * size, labels=rows)
+    noun = class_noun(class_names)
+    axes.set_ylabel(f"{noun} asked for")
     axes.set_xlabel("each column: one z drawn from the prior N(0, I)")
-    axes.set_title("Generated digits")
+    axes.set_title("Generated digits" if noun == "digit" else
+                   f"Generated images{_first_of(rows, class_names)}")
     return save_figure(figure, path)
+
+
+def _first_of(shown, class_names):
+    """' (the first 20 of 35 classes)' where a figure leaves classes out."""
+    return (f" (the first {len(shown)} of {len(class_names)} classes)"
+            if len(shown) < len(class_names) else "")
 
 
 def normal_quantile_grid(grid_size, low=0.05, high=0.95):
@@ -121,23 +153,35 @@ def normal_quantile_grid(grid_size, low=0.05, high=0.95):
     return np.array([normal.inv_cdf(p) for p in np.linspace(low, high, grid_size)])
 
 
-def plot_latent_manifolds(decode, output_dir, grid_size=15):
-    """manifold_digit_<d>.png for each digit d: the decoder's output for that
-    digit over a grid of 2-d latent points. All ten grids are decoded in one
-    batched call."""
+def plot_latent_manifolds(decode, output_dir, grid_size=15, class_names=DIGIT_NAMES):
+    """manifold_digit_<d>.png for each digit d (manifold_class_<name>.png for
+    each class): the decoder's output for it over a grid of 2-d latent
+    points. All grids are decoded in one batched call."""
     values = normal_quantile_grid(grid_size)
     # Rows go from high z[1] (top) to low z[1] (bottom), like a plot's y axis.
     z1, z0 = np.meshgrid(values[::-1], values, indexing="ij")
     z = np.stack([z0.ravel(), z1.ravel()], axis=1).astype("float32")
-    digits = np.arange(NUM_CLASSES)
-    images = decode(np.tile(z, (NUM_CLASSES, 1)), np.repeat(digits, len(z)))
-    for digit, grid in zip(digits, np.split(images, NUM_CLASSES)):
-        plot_latent_manifold(grid, values, digit, output_dir / f"manifold_digit_{digit}.png")
+    names = shown_classes(class_names)
+    images = decode(np.tile(z, (len(names), 1)), np.repeat(np.arange(len(names)), len(z)))
+    noun = class_noun(class_names)
+    for name, stem, grid in zip(names, file_stems(names), np.split(images, len(names))):
+        plot_latent_manifold(grid, values, f"the {noun} {name}",
+                             output_dir / f"manifold_{noun}_{stem}.png")
 
 
-def plot_latent_manifold(images, values, digit, path):
-    """One digit's decoded grid: `images` row by row, at the latent points
-    `values` x `values` (z[1] falling from top to bottom)."""
+def file_stems(class_names):
+    """A safe file name part for each class name: letters, digits, - and _
+    kept, anything else made _; the class's number added where two would
+    otherwise clash."""
+    stems = [re.sub(r"[^\w-]", "_", name) for name in class_names]
+    return [f"{stem}_{index}" if stems.count(stem) > 1 else stem
+            for index, stem in enumerate(stems)]
+
+
+def plot_latent_manifold(images, values, what, path):
+    """One class's decoded grid (`what`: "the digit 3"): `images` row by row,
+    at the latent points `values` x `values` (z[1] falling from top to
+    bottom)."""
     grid_size = len(values)
     figure = Figure(figsize=(8, 8))
     axes = figure.subplots()
@@ -149,7 +193,7 @@ def plot_latent_manifold(images, values, digit, path):
     axes.set_yticks(ticks, labels=labels[::-1])
     axes.set_xlabel("z[0] (Normal quantiles 5%-95%)")
     axes.set_ylabel("z[1] (Normal quantiles 5%-95%)")
-    axes.set_title(f"Latent manifold of the digit {digit}")
+    axes.set_title(f"Latent manifold of {what}")
     return save_figure(figure, path)
 
 
@@ -200,28 +244,34 @@ def plot_training_curves(history_csv, path, loss_scale, beta):
 
 
 def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, output_dir,
-                                 loss_scale, beta, seed, examples_shown):
+                                 loss_scale, beta, seed, examples_shown,
+                                 class_names=DIGIT_NAMES):
     """Every figure of a conditional VAE chapter.
 
-    `decode(z, digits)` is the chapter's decoder call; `z_mean` the posterior
+    `decode(z, labels)` is the chapter's decoder call; `z_mean` the posterior
     means of `test_images`. The latent space and the manifolds need a 2-d z.
     """
     latent_dim = z_mean.shape[1]
+    noun = class_noun(class_names)
     if latent_dim == 2:
         plot_latent_space(z_mean, test_digits, output_dir / "latent_space.png",
-                          "Test digits in the latent space, coloured by their label")
-        plot_latent_manifolds(decode, output_dir)
-        save_latent_traversal_gif(decode, output_dir / "latent_traversal.gif")
+                          f"Test {'digits' if noun == 'digit' else 'images'} in the latent "
+                          "space, coloured by their label", class_names)
+        plot_latent_manifolds(decode, output_dir, class_names=class_names)
+        save_latent_traversal_gif(decode, output_dir / "latent_traversal.gif",
+                                  class_names=class_names)
     else:
         print(f"Skipping the latent space, manifold and traversal figures: they need "
               f"--latent-dim 2, not {latent_dim}.")
-    plot_generated_digits(decode, latent_dim, output_dir / "generated_digits.png", seed=seed)
+    plot_generated_digits(decode, latent_dim, output_dir / "generated_digits.png", seed=seed,
+                          class_names=class_names)
     shown = slice(0, examples_shown)
     plot_image_rows(
         [("original", test_images[shown]),
          ("reconstructed", decode(z_mean[shown], test_digits[shown]))],
         output_dir / "reconstructions.png",
-        "Test digits and their reconstructions (decoded posterior mean)",
+        f"Test {'digits' if noun == 'digit' else 'images'} and their reconstructions "
+        "(decoded posterior mean)",
     )
     plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
                          loss_scale, beta)
@@ -233,8 +283,8 @@ def cosine_similarity(vectors):
     return unit @ unit.T
 
 
-def plot_label_embedding(vectors, path):
-    """What a learned label embedding holds: one vector per digit.
+def plot_label_embedding(vectors, path, class_names=DIGIT_NAMES):
+    """What a learned label embedding holds: one vector per digit (class).
 
     Left: the cosine similarity of every pair of digit vectors (1 = same
     direction, 0 = unrelated, -1 = opposite). Right: the vectors projected
@@ -253,18 +303,20 @@ def plot_label_embedding(vectors, path):
     for (row, column), value in np.ndenumerate(similarity):
         left.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
                   color="white" if abs(value) > 0.6 else "black")
-    left.set_xticks(range(len(vectors)))
-    left.set_yticks(range(len(vectors)))
-    left.set_xlabel("digit")
-    left.set_ylabel("digit")
+    noun = class_noun(class_names)
+    left.set_xticks(range(len(vectors)), labels=class_names, rotation=90 if noun == "class" else 0)
+    left.set_yticks(range(len(vectors)), labels=class_names)
+    left.set_xlabel(noun)
+    left.set_ylabel(noun)
     left.set_title("Cosine similarity of the learned label vectors")
     figure.colorbar(image, ax=left, shrink=0.8)
 
     right.scatter(projected[:, 0], projected[:, 1], c=range(len(vectors)),
-                  cmap=DIGIT_COLORS, vmin=-0.5, vmax=NUM_CLASSES - 0.5, s=250, alpha=0.35)
-    for digit, (x, y) in enumerate(projected):
-        right.annotate(str(digit), (x, y), ha="center", va="center", fontsize=14,
-                       weight="bold")
+                  cmap=class_colors(len(vectors)), vmin=-0.5, vmax=len(vectors) - 0.5, s=250,
+                  alpha=0.35)
+    for name, (x, y) in zip(class_names, projected):
+        right.annotate(name, (x, y), ha="center", va="center",
+                       fontsize=14 if noun == "digit" else 10, weight="bold")
     right.set_xlabel(f"principal axis 1 ({explained[0]:.0%} of the variance)")
     right.set_ylabel(f"principal axis 2 ({explained[1]:.0%} of the variance)")
     right.set_title(f"The {vectors.shape[1]}-d label vectors, projected to 2-d")
@@ -306,6 +358,14 @@ def plot_restoration_gain(psnr_corrupted, psnr_restored, path, corruption):
     return save_figure(figure, path)
 
 
+def _names_line(shown, class_names, width=40):
+    """The class names shown, in a title's length."""
+    text = ", ".join(shown)
+    if len(text) > width or len(shown) < len(class_names):
+        text = f"{len(shown)} of the {len(class_names)} classes"
+    return text
+
+
 def latent_loop(frames, radius=1.2):
     """A smooth closed path through the 2-d latent plane: a circle of the
     given radius around the origin, where the prior puts most of its mass
@@ -314,14 +374,23 @@ def latent_loop(frames, radius=1.2):
     return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
 
 
-def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
-    """An animated GIF: all ten digits decoded from the same z while z walks
-    a closed loop through the latent plane (left: where z is now)."""
+def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9,
+                              class_names=DIGIT_NAMES):
+    """An animated GIF: all ten digits (every class) decoded from the same z
+    while z walks a closed loop through the latent plane (left: where z is
+    now)."""
     path_points = latent_loop(frames).astype("float32")
-    digits = np.arange(NUM_CLASSES)
-    # Every frame of every digit in one batched call: frames * 10 images.
-    images = decode(np.repeat(path_points, NUM_CLASSES, axis=0), np.tile(digits, frames))
-    mosaics = [tile_images(images[i * NUM_CLASSES:(i + 1) * NUM_CLASSES], 2, NUM_CLASSES // 2)
+    names = shown_classes(class_names)
+    count = len(names)
+    # Every frame of every class in one batched call: frames * 10 images.
+    images = np.asarray(decode(np.repeat(path_points, count, axis=0),
+                               np.tile(np.arange(count), frames)))
+    # Rows of five (MNIST: 2 x 5); blank images fill the last row.
+    columns = min(count, 5)
+    rows = -(-count // columns)
+    blanks = np.zeros((rows * columns - count, *images.shape[1:]), images.dtype)
+    mosaics = [tile_images(np.concatenate([images[i * count:(i + 1) * count], blanks]),
+                           rows, columns)
                for i in range(frames)]
 
     figure = Figure(figsize=(9.6, 3.6), dpi=100, layout="constrained")
@@ -337,7 +406,9 @@ def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9):
     plane.set_title("z walks a loop", fontsize=15)
     picture = _show_mosaic(digits_axes, mosaics[0])
     digits_axes.set_axis_off()
-    digits_axes.set_title("digits 0-9 decoded from this z", fontsize=15)
+    digits_axes.set_title(
+        "digits 0-9 decoded from this z" if class_noun(class_names) == "digit"
+        else f"{_names_line(names, class_names)} decoded from this z", fontsize=15)
 
     # Only the marker and the digits move from frame to frame, so the layout
     # is worked out once, on a first drawing, and then kept.
@@ -394,17 +465,20 @@ def check_explorer_can_open():
 
 
 class LatentExplorer:
-    """Sliders for the two latent coordinates and buttons for the digit; the
-    decoded image follows them. `decode(z, digits)` as for the figures."""
+    """Sliders for the two latent coordinates and buttons for the digit (the
+    class); the decoded image follows them. `decode(z, labels)` as for the
+    figures."""
 
-    def __init__(self, decode, latent_dim, z_range=3.0):
+    def __init__(self, decode, latent_dim, z_range=3.0, class_names=DIGIT_NAMES):
         if latent_dim != 2:
             raise ExplorerUnavailable(
                 f"the latent explorer needs a 2-d z, and this model's is {latent_dim}-d: "
                 "train one with --latent-dim 2")
         self.decode = decode
+        self.class_names = list(class_names)
+        self.noun = class_noun(class_names)
         self.figure = pyplot.figure(figsize=(6.5, 5.5))
-        self.figure.suptitle("Latent explorer: move z, pick a digit")
+        self.figure.suptitle(f"Latent explorer: move z, pick a {self.noun}")
         self.image_axes = self.figure.add_axes([0.30, 0.30, 0.62, 0.60])
         self.image_axes.set_axis_off()
         self.z0_slider = Slider(self.figure.add_axes([0.30, 0.16, 0.55, 0.04]), "z[0]",
@@ -412,8 +486,8 @@ class LatentExplorer:
         self.z1_slider = Slider(self.figure.add_axes([0.30, 0.08, 0.55, 0.04]), "z[1]",
                                 -z_range, z_range, valinit=0.0)
         digit_axes = self.figure.add_axes([0.04, 0.30, 0.16, 0.60])
-        digit_axes.set_title("digit")
-        self.digit_buttons = RadioButtons(digit_axes, [str(d) for d in range(NUM_CLASSES)])
+        digit_axes.set_title(self.noun)
+        self.digit_buttons = RadioButtons(digit_axes, self.class_names)
         self.picture = _show_image(self.image_axes, self.decoded_picture())
         self.z0_slider.on_changed(self.redraw)
         self.z1_slider.on_changed(self.redraw)
@@ -422,9 +496,9 @@ class LatentExplorer:
 
     @property
     def state(self):
-        """(z, digit) as the widgets now set them."""
+        """(z, label) as the widgets now set them: label indexes the classes."""
         z = np.array([[self.z0_slider.val, self.z1_slider.val]], dtype="float32")
-        return z, int(self.digit_buttons.value_selected)
+        return z, self.class_names.index(self.digit_buttons.value_selected)
 
     def decoded_picture(self):
         z, digit = self.state
@@ -433,7 +507,8 @@ class LatentExplorer:
     def redraw(self, _=None):
         z, digit = self.state
         self.picture.set_data(self.decoded_picture())
-        self.image_axes.set_title(f"digit {digit} at z = ({z[0, 0]:+.2f}, {z[0, 1]:+.2f})")
+        self.image_axes.set_title(f"{self.noun} {self.class_names[digit]} at "
+                                  f"z = ({z[0, 0]:+.2f}, {z[0, 1]:+.2f})")
         self.figure.canvas.draw_idle()
 
 
