@@ -29,10 +29,11 @@ import keras
 from keras import layers
 
 from errors import run_main
+from digit_classifier import classifier_for_run
 from evaluation import conditional_accuracy, embedding_matches_digit_likeness, write_metrics
 from hyperparameters import parse_hyperparameters
-from image_data import IMAGE_SHAPE, NUM_CLASSES, load_mnist_images, make_dataset
-from runs import load_trained_model, precision, start_run
+from image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
+from runs import load_class_names, load_trained_model, precision, save_class_names, start_run
 from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
                             train)
 from visualization_utils import (
@@ -47,8 +48,10 @@ from visualization_utils import (
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
 
 # Data
-TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
-TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
+DATA_DIR = ""  # your own images instead of MNIST: a folder with one subfolder per class
+TEST_FRACTION = 0.1  # with DATA_DIR: the share of its images held out (seeded) for testing
+TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000; of DATA_DIR, at most this many)
+TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000; of DATA_DIR, at most this many)
 IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
 CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
@@ -89,7 +92,8 @@ def inputs_and_targets(images, digits):
 
 
 # ## Label embedding
-# One table of 10 rows (one per digit) of EMBEDDING_DIM learned numbers. The
+# One table of 10 rows (one per digit; one per class of a DATA_DIR) of
+# EMBEDDING_DIM learned numbers. The
 # reference feeds "the embedded label" to both the encoder and the decoder;
 # we read that as one table shared by both halves (512,149 parameters; two
 # tables would make 512,229), so a digit means the same vector wherever it
@@ -99,9 +103,9 @@ def inputs_and_targets(images, digits):
 # layer shared by the two does not reload.
 
 
-def build_label_embedding(embedding_dim):
+def build_label_embedding(embedding_dim, num_classes=NUM_CLASSES):
     digits = keras.Input(shape=(1,), dtype="int32", name="digit")
-    vectors = layers.Embedding(NUM_CLASSES, embedding_dim,
+    vectors = layers.Embedding(num_classes, embedding_dim,
                                embeddings_initializer="uniform", name="table")(digits)
     vectors = layers.Flatten()(vectors)  # (1, embedding_dim) -> (embedding_dim,)
     return keras.Model(digits, vectors, name="label_embedding")
@@ -166,7 +170,8 @@ def build_decoder(latent_dim, embedding_dim, image_shape=IMAGE_SHAPE):
 LOSS_SCALE = "loss summed over the batch"
 
 
-def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE):
+def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE,
+              num_classes=NUM_CLASSES):
     """The shared VAE class, with this chapter's embedding, encoder, decoder."""
     return VAE(
         build_encoder(latent_dim, embedding_dim, image_shape),
@@ -174,7 +179,7 @@ def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE):
         # Both terms summed over the batch: per image times the batch size.
         reconstruction_reduction="sum",
         kl_reduction="sum",
-        label_embedding=build_label_embedding(embedding_dim),
+        label_embedding=build_label_embedding(embedding_dim, num_classes),
         beta=beta,
         seed=seed,
         name="cvae_embedding",
@@ -195,12 +200,13 @@ def digit_encoder(vae):
     return lambda images, digits: vae.predict_z_mean(images, class_index(digits))
 
 
-def save_figures(vae, test_images, test_digits, test_z_mean, config):
+def save_figures(vae, test_images, test_digits, test_z_mean, class_names, config):
     plot_conditional_vae_figures(digit_decoder(vae), test_z_mean,
                                  test_images, test_digits, config.output_dir, LOSS_SCALE,
                                  config.beta, seed=config.seed,
-                                 examples_shown=config.examples_shown)
-    plot_label_embedding(learned_table(vae), config.output_dir / "label_embedding.png")
+                                 examples_shown=config.examples_shown, class_names=class_names)
+    plot_label_embedding(learned_table(vae), config.output_dir / "label_embedding.png",
+                         class_names)
 
 
 def learned_table(vae):
@@ -215,7 +221,8 @@ def explore(config):
     """--explore: sliders for z and a digit selector on the saved model."""
     check_explorer_can_open()
     vae = load_trained_model(config.output_dir, "cvae_embedding")
-    return show_explorer(LatentExplorer(digit_decoder(vae), vae.latent_dim))
+    return show_explorer(LatentExplorer(digit_decoder(vae), vae.latent_dim,
+                                        class_names=load_class_names(config.output_dir)))
 
 
 # ## Run: data, training, evaluation, figures
@@ -233,8 +240,10 @@ def main(argv=None):
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
-        (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-            config.train_samples, config.test_samples, config.image_size, config.channels)
+        # MNIST's digits, or the images and classes of DATA_DIR.
+        (train_images, train_digits), (test_images, test_digits), class_names = load_images(
+            config)
+        save_class_names(class_names, config.output_dir)
         train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
                                   config.batch_size, shuffle_buffer=len(train_images),
                                   seed=config.seed)
@@ -244,7 +253,7 @@ def main(argv=None):
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
             vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta,
-                            image_shape=test_images.shape[1:])
+                            image_shape=test_images.shape[1:], num_classes=len(class_names))
         train(vae, train_data, test_data, config.epochs, config.learning_rate,
               config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
               lr_warmup_fraction=config.lr_warmup_fraction,
@@ -252,8 +261,10 @@ def main(argv=None):
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.
-        accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_digits,
-                                        seed=config.seed)
+        judge = classifier_for_run(config.data_dir, train_images, train_digits,
+                                   len(class_names), config.seed)
+        accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_images,
+                                        test_digits, seed=config.seed, classifier=judge)
         # Does the table place digits that look alike near each other?
         likeness = embedding_matches_digit_likeness(learned_table(vae), test_images,
                                                     test_digits, seed=config.seed)
@@ -261,7 +272,7 @@ def main(argv=None):
                       extra={"conditional_accuracy": accuracy,
                              "label_embedding_vs_digit_likeness": likeness})
         stopwatch.lap("evaluation")
-        save_figures(vae, test_images, test_digits, test_z_mean, config)
+        save_figures(vae, test_images, test_digits, test_z_mean, class_names, config)
         stopwatch.lap("figures")
     return vae
 

@@ -27,6 +27,7 @@ Run `python denoising_vae.py` (5 epochs, a few minutes on a laptop CPU);
 
 # ## Setup
 
+import argparse
 from pathlib import Path
 
 import keras
@@ -37,7 +38,7 @@ from keras import layers
 from errors import run_main
 from evaluation import write_metrics
 from hyperparameters import parse_hyperparameters
-from image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
+from image_data import IMAGE_SHAPE, load_images, make_dataset
 from runs import load_run_config, load_trained_model, precision, start_run
 from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
                             train)
@@ -55,8 +56,10 @@ from visualization_utils import (
 
 # Data
 CORRUPTION = "blur"  # the damage to undo: blur (the reference's), noise, salt_and_pepper, occlusion
-TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000)
-TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000)
+DATA_DIR = ""  # your own images instead of MNIST: a folder of them (subfolders are read too)
+TEST_FRACTION = 0.1  # with DATA_DIR: the share of its images held out (seeded) for testing
+TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000; of DATA_DIR, at most this many)
+TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000; of DATA_DIR, at most this many)
 IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
 CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
@@ -302,7 +305,12 @@ def explore(config, images_shown=100):
     # Damage the test digits exactly as the run that trained the model did.
     run = load_run_config(config.output_dir, corruption=CORRUPTIONS, seed=int)
     size, _, channels = vae.encoder.inputs[0].shape[1:]  # the images it was trained on
-    (_, _), (clean, _) = load_mnist_images(0, images_shown, size, channels)
+    # The run's own test images: MNIST's, or the held-out part of its DATA_DIR.
+    images_wanted = argparse.Namespace(
+        data_dir=getattr(run, "data_dir", ""), test_fraction=getattr(run, "test_fraction", 0.1),
+        seed=run.seed, image_size=size, channels=channels, train_samples=1,
+        test_samples=images_shown)
+    (_, _), (clean, _), _ = load_images(images_wanted, classes_needed=0)
     damaged = corrupt(clean, run.corruption, run.seed + 1)
     return show_explorer(RestorationExplorer(damaged, restore(vae, damaged),
                                              clean, run.corruption))
@@ -324,8 +332,8 @@ def main(argv=None):
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
-        (train_images, _), (test_images, _) = load_mnist_images(
-            config.train_samples, config.test_samples, config.image_size, config.channels)
+        # MNIST, or the images of DATA_DIR; the labels are not used.
+        (train_images, _), (test_images, _), _ = load_images(config, classes_needed=0)
         train_data = make_dataset(
             *inputs_and_targets(train_images, config.corruption, config.seed),
             config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed)

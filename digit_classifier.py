@@ -110,12 +110,11 @@ FOLDER_CLASSIFIER_STEPS = 300
 FOLDER_CLASSIFIER_SIZE = 32
 
 
-def classifier_for_run(data_dir, train_images, train_labels, class_count, seed,
-                       cache=CLASSIFIER_CACHE):
+def classifier_for_run(data_dir, train_images, train_labels, class_count, seed):
     """The classifier that judges a run's samples: the shipped digit
     classifier for MNIST (no `data_dir`); for a folder, one trained on the
     run's training images (shrunk to FOLDER_CLASSIFIER_SIZE), loaded from
-    `cache` when the same images have been seen before."""
+    CLASSIFIER_CACHE when the same images have been seen before."""
     if not data_dir:
         return load_digit_classifier()
     size = min(train_images.shape[1], FOLDER_CLASSIFIER_SIZE)
@@ -125,7 +124,7 @@ def classifier_for_run(data_dir, train_images, train_labels, class_count, seed,
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).data)
     digest.update(f"{class_count} {seed} {FOLDER_CLASSIFIER_STEPS}".encode())
-    path = Path(cache) / f"{digest.hexdigest()[:24]}.weights.h5"
+    path = CLASSIFIER_CACHE / f"{digest.hexdigest()[:24]}.weights.h5"
     classifier = build_classifier(train_images.shape[1:], class_count)
     if path.exists():
         try:

@@ -271,7 +271,7 @@ def embedding_matches_digit_likeness(table, images, digits, seed, permutations=1
               "p_value": (1 + as_good) / (1 + permutations),
               "pairs": len(pairs[0]), "permutations": permutations,
               "likeness": "cosine similarity of the digits' mean test images"}
-    print(f"Label embedding against how alike the digits look: Spearman "
+    print(f"Label embedding against how alike the classes look: Spearman "
           f"{result['spearman']:.2f} over {result['pairs']} pairs, "
           f"permutation p = {result['p_value']:.3f}")
     return result

@@ -33,9 +33,10 @@ import keras  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
+from digit_classifier import classifier_for_run  # noqa: E402
 from evaluation import conditional_accuracy, evaluate_per_image  # noqa: E402
 from hyperparameters import OneLineErrorParser  # noqa: E402
-from image_data import load_mnist_images, make_dataset  # noqa: E402
+from image_data import load_images, make_dataset  # noqa: E402
 from runs import make_reproducible, precision, save_json  # noqa: E402
 from training_loops import train  # noqa: E402
 
@@ -43,30 +44,38 @@ CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
             "denoising_vae": denoising_vae}
 
 
-def build(chapter, config):
+def build(chapter, config, num_classes):
     """The chapter's model at the run's settings."""
     image_shape = (config.image_size, config.image_size, config.channels)
     with precision(mixed=config.mixed_precision):
         if chapter is cvae_embedding:
             return chapter.build_vae(config.latent_dim, config.embedding_dim, config.seed,
-                                     config.beta, image_shape)
+                                     config.beta, image_shape, num_classes)
+        if chapter is cvae_onehot:
+            return chapter.build_vae(config.latent_dim, config.seed, config.beta, image_shape,
+                                     num_classes)
         return chapter.build_vae(config.latent_dim, config.seed, config.beta, image_shape)
 
 
 def datasets(chapter, config):
-    """Training and test pipelines as the chapter's main makes them, and a
-    function that measures the model on the test images."""
-    (train_images, train_digits), (test_images, test_digits) = load_mnist_images(
-        config.train_samples, config.test_samples, config.image_size, config.channels)
+    """Training and test pipelines as the chapter's main makes them, a
+    function that measures the model on the test images, and the number of
+    classes."""
+    (train_images, train_digits), (test_images, test_digits), class_names = load_images(
+        config, classes_needed=0 if chapter is denoising_vae else 2)
+    num_classes = len(class_names or [])
     if chapter is denoising_vae:
         train_pairs = chapter.inputs_and_targets(train_images, config.corruption, config.seed)
         test_pairs = chapter.inputs_and_targets(test_images, config.corruption,
                                                 config.seed + 1)
         shuffle_buffer = config.shuffle_buffer
     else:
-        train_pairs = chapter.inputs_and_targets(train_images, train_digits)
-        test_pairs = chapter.inputs_and_targets(test_images, test_digits)
+        extra = (num_classes,) if chapter is cvae_onehot else ()
+        train_pairs = chapter.inputs_and_targets(train_images, train_digits, *extra)
+        test_pairs = chapter.inputs_and_targets(test_images, test_digits, *extra)
         shuffle_buffer = len(train_images)
+        judge = classifier_for_run(config.data_dir, train_images, train_digits, num_classes,
+                                   config.seed)
     train_data = make_dataset(*train_pairs, config.batch_size,
                               shuffle_buffer=shuffle_buffer, seed=config.seed)
     test_data = make_dataset(*test_pairs, config.batch_size)
@@ -84,12 +93,13 @@ def datasets(chapter, config):
         else:
             test_z_mean = chapter.digit_encoder(vae)(test_images, test_digits)
             accuracy = conditional_accuracy(chapter.digit_decoder(vae), test_z_mean,
-                                            test_digits, seed=config.seed)
+                                            test_images, test_digits, seed=config.seed,
+                                            classifier=judge)
             row.update(conditional_accuracy=accuracy["prior_samples"]["overall"],
                        reconstruction_accuracy=accuracy["test_reconstructions"]["overall"])
         return row
 
-    return train_data, test_data, measure
+    return train_data, test_data, measure, num_classes
 
 
 class MeasureAfter(keras.callbacks.Callback):
@@ -131,8 +141,8 @@ def measure_training(chapter_name, chapter_flags=(), after=None):
         raise SystemExit(f"how_much_training.py: error: --after takes epochs from 1 to "
                          f"--epochs {config.epochs}, got {after}")
     make_reproducible(config.seed)
-    train_data, test_data, measure = datasets(chapter, config)
-    vae = build(chapter, config)
+    train_data, test_data, measure, num_classes = datasets(chapter, config)
+    vae = build(chapter, config, num_classes)
     measurer = MeasureAfter(after, measure)
     with tempfile.TemporaryDirectory() as scratch:
         train(vae, train_data, test_data, config.epochs, config.learning_rate, Path(scratch),

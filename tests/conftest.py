@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mnist  # noqa: E402
+from examples.make_shapes_folder import write_shapes_folder  # noqa: E402
 
 def write_mnist_slice(folder, train, test):
     """A Keras-format mnist.npz with the first `train` and `test` images."""
@@ -43,40 +44,11 @@ def small_mnist(mnist_slice_npz, monkeypatch):
     return mnist_slice_npz
 
 
-SHAPES = ("circle", "square", "triangle")
-
-
-def write_shapes_folder(folder, images_per_class=40, seed=0):
-    """A --data-dir of coloured shapes, one subfolder per class, in three
-    formats (PNG, JPEG, BMP) and two sizes (64x64, and 80x64 to be cropped)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for shape, suffix in zip(SHAPES, (".png", ".jpg", ".bmp")):
-        (folder / shape).mkdir(parents=True)
-        for index in range(images_per_class):
-            width = 80 if index % 4 == 0 else 64
-            row, column = np.mgrid[0:64, 0:width]
-            centre_row, centre_column = rng.uniform(24, 40), rng.uniform(24, width - 24)
-            radius = rng.uniform(12, 20)
-            if shape == "circle":
-                inside = (row - centre_row) ** 2 + (column - centre_column) ** 2 < radius**2
-            elif shape == "square":
-                inside = ((abs(row - centre_row) < radius * 0.8)
-                          & (abs(column - centre_column) < radius * 0.8))
-            else:  # a triangle pointing up
-                inside = ((row < centre_row + radius * 0.7)
-                          & (abs(column - centre_column) < (row - centre_row + radius) * 0.6))
-            pixels = np.full((64, width, 3), rng.uniform(0, 60, 3))
-            pixels[inside] = rng.uniform(120, 255, 3)
-            Image.fromarray(pixels.astype("uint8")).save(folder / shape / f"{index:03d}{suffix}")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def shapes_folder(tmp_path_factory):
     """40 images of each of three shapes: circle, square, triangle."""
-    return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "shapes")
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "shapes",
+                               images_per_class=40)
 
 
 def pytest_configure(config):

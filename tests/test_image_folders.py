@@ -1,0 +1,232 @@
+"""--data-dir: the chapters on a folder of the user's own images.
+
+The folder is written by the test (three classes of coloured shapes, see
+examples/make_shapes_folder.py): nothing is downloaded.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import cvae_embedding
+import cvae_onehot
+import denoising_vae
+import digit_classifier
+import errors
+import image_data
+from image_data import ImageFolderError, load_image_folder
+from runs import load_class_names, load_trained_model
+
+
+def load(folder, size=32, channels=3, fraction=0.25, seed=0, train=1000, test=1000,
+         classes_needed=2):
+    return load_image_folder(folder, size, channels, fraction, seed, train, test,
+                             classes_needed)
+
+
+def test_a_folder_loads_as_classes_and_a_seeded_test_split(shapes_folder):
+    (train, train_labels), (test, test_labels), names = load(shapes_folder)
+    assert names == ["circle", "square", "triangle"]
+    assert train.shape == (90, 32, 32, 3) and test.shape == (30, 32, 32, 3)
+    assert train.dtype == np.float32 and 0.0 <= train.min() and train.max() <= 1.0
+    assert set(train_labels) == set(test_labels) == {0, 1, 2}
+    (again, _), (again_test, _), _ = load(shapes_folder)
+    np.testing.assert_array_equal(again_test, test)  # same seed, same split
+    np.testing.assert_array_equal(again, train)
+    (_, _), (other_test, _), _ = load(shapes_folder, seed=1)
+    assert not np.array_equal(other_test, test)
+
+
+def test_a_class_folder_holds_its_class(shapes_folder):
+    (train, labels), _, names = load(shapes_folder, size=64)
+    # The circle class's images are PNGs, the square's JPEGs: a wider one
+    # (80x64) is cropped to its centre, not stretched, so the circles stay
+    # round: as many lit pixels in the middle row as in the middle column.
+    circles = train[labels == names.index("circle")].max(axis=-1) > 0.4
+    rows, columns = circles[:, 32, :].sum(axis=1), circles[:, :, 32].sum(axis=1)
+    through_centre = (rows > 0) & (columns > 0)
+    assert np.abs(rows - columns)[through_centre].mean() < 3
+
+
+def test_grey_sample_counts_and_sizes(shapes_folder):
+    (train, _), (test, _), _ = load(shapes_folder, size=16, channels=1, train=20, test=5)
+    assert train.shape == (20, 16, 16, 1) and test.shape == (5, 16, 16, 1)
+
+
+def test_the_denoiser_reads_a_folder_without_classes(tmp_path, shapes_folder):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index, path in enumerate(sorted(shapes_folder.rglob("*.png"))[:12]):
+        shutil.copy(path, flat / f"{index}.png")
+    (train, labels), (test, _), names = load(flat, classes_needed=0)
+    assert names is None and len(train) + len(test) == 12 and not labels.any()
+
+
+def write_image(path, pixels=None):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), "uint8") if pixels is None else pixels).save(path)
+
+
+def layout(tmp_path, kind):
+    """A folder that is wrong in the way `kind` names."""
+    folder = tmp_path / "data"
+    if kind == "missing":
+        return folder
+    if kind == "a file":
+        folder.write_text("not a folder")
+        return folder
+    folder.mkdir()
+    if kind == "loose images":
+        write_image(folder / "a.png")
+        write_image(folder / "b.png")
+    elif kind == "images beside classes":
+        write_image(folder / "cat" / "1.png")
+        write_image(folder / "dog" / "2.png")
+        write_image(folder / "stray.png")
+    elif kind == "one class":
+        write_image(folder / "cat" / "1.png")
+    elif kind == "an empty class":
+        write_image(folder / "cat" / "1.png")
+        (folder / "dog").mkdir()
+        (folder / "dog" / "notes.txt").write_text("no images here")
+    elif kind == "unreadable image":
+        for index in range(4):
+            write_image(folder / "cat" / f"{index}.png")
+            write_image(folder / "dog" / f"{index}.png")
+        (folder / "dog" / "4.png").write_text("this is not a PNG")
+    elif kind == "too few":
+        write_image(folder / "cat" / "1.png")
+        write_image(folder / "dog" / "2.png")
+    return folder
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "does not exist"),
+    ("a file", "is a file: it must be a folder with one subfolder per class"),
+    ("empty", "is empty: a conditional VAE learns from classes"),
+    ("loose images", "holds 2 images but no class folders"),
+    ("images beside classes", "holds images beside its class folders (stray.png)"),
+    ("one class", "has 1 class folder (cat): a conditional VAE needs at least 2 classes"),
+    ("an empty class", "holds no PNG, JPEG, BMP or GIF images"),
+    ("unreadable image", "cannot read the image"),
+    ("too few", "too few images to hold out --test-fraction 0.25"),
+])
+def test_a_folder_that_cannot_be_used_says_why_in_one_line(tmp_path, kind, message):
+    folder = layout(tmp_path, kind)
+    with pytest.raises(ImageFolderError) as error:
+        load(folder)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    if kind == "unreadable image":
+        assert "4.png" in str(error.value)
+
+
+def test_the_denoiser_refuses_a_folder_without_images(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "empty").mkdir(parents=True)
+    with pytest.raises(ImageFolderError, match="holds no PNG, JPEG, BMP or GIF images"):
+        load(folder, classes_needed=0)
+
+
+def test_images_that_would_not_fit_in_memory_are_refused(shapes_folder, monkeypatch):
+    monkeypatch.setattr(image_data, "_free_memory", lambda: 2**20)  # 1 MiB free
+    with pytest.raises(ImageFolderError, match=r"120 images of 64x64x3 need 0\.0 GiB"):
+        load(shapes_folder, size=64)
+
+
+def test_a_bad_folder_ends_a_chapter_run_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: cvae_onehot.main([
+            "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run")]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "does not exist" in error
+
+
+def test_sample_counts_above_mnist_are_allowed_only_with_a_folder(capsys):
+    config = cvae_onehot.parse_settings(["--data-dir", "x", "--train-samples", "200000"])
+    assert config.train_samples == 200_000
+    with pytest.raises(SystemExit):
+        cvae_onehot.parse_settings(["--train-samples", "200000"])
+    assert "at most 60,000 (MNIST's training images)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5"])
+def test_a_test_fraction_outside_0_to_1_is_refused(fraction, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cvae_onehot.parse_settings(["--test-fraction", fraction])
+    assert exit_info.value.code == 2 and "--test-fraction" in capsys.readouterr().err
+
+
+@pytest.fixture
+def quick_classifier(tmp_path, monkeypatch):
+    """The folder runs' classifier trains a few steps, into a cache of its own."""
+    monkeypatch.setattr(digit_classifier, "FOLDER_CLASSIFIER_STEPS", 20)
+    monkeypatch.setattr(digit_classifier, "CLASSIFIER_CACHE", tmp_path / "classifiers")
+    return tmp_path / "classifiers"
+
+
+def test_the_classifier_of_a_folder_is_trained_once_and_cached(shapes_folder,
+                                                              quick_classifier, capsys):
+    (train, labels), (test, test_labels), names = load(shapes_folder)
+    first = digit_classifier.classifier_for_run(str(shapes_folder), train, labels, 3, seed=0)
+    assert "Training a classifier" in capsys.readouterr().out
+    again = digit_classifier.classifier_for_run(str(shapes_folder), train, labels, 3, seed=0)
+    assert "Loaded the classifier" in capsys.readouterr().out
+    assert len(list(quick_classifier.iterdir())) == 1
+    np.testing.assert_allclose(again.predict(test, verbose=0), first.predict(test, verbose=0),
+                               atol=1e-6)
+    assert first.input_shape[1:] == (32, 32, 3) and first.output_shape[-1] == 3
+
+
+FOLDER_RUN = ["--epochs", "1", "--batch-size", "32", "--iwae-samples", "4",
+              "--iwae-images", "8", "--test-fraction", "0.25"]
+
+
+@pytest.mark.parametrize("chapter, size, channels, figures", [
+    (cvae_onehot, 64, 3, ["manifold_class_triangle.png", "generated_digits.png",
+                          "latent_traversal.gif"]),
+    (cvae_embedding, 32, 1, ["label_embedding.png", "manifold_class_circle.png"]),
+    (denoising_vae, 32, 3, ["restorations.png", "psnr_gain.png"]),
+], ids=["cvae_onehot-64x64x3", "cvae_embedding-32x32x1", "denoising_vae-32x32x3"])
+def test_a_chapter_trains_on_a_folder_draws_and_reloads(chapter, size, channels, figures,
+                                                        shapes_folder, quick_classifier,
+                                                        tmp_path):
+    output_dir = tmp_path / "run"
+    vae = chapter.main(["--data-dir", str(shapes_folder), "--image-size", str(size),
+                        "--channels", str(channels), *FOLDER_RUN,
+                        "--output-dir", str(output_dir)])
+    assert tuple(vae.decoder.output.shape[1:]) == (size, size, channels)
+    for figure in figures:
+        assert (output_dir / figure).stat().st_size > 5_000
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert np.isfinite(metrics["test_per_image"]["loss"])
+    reloaded = load_trained_model(output_dir, chapter.__name__)
+    z = np.random.default_rng(0).standard_normal((3, vae.latent_dim)).astype("float32")
+    if chapter is denoising_vae:
+        np.testing.assert_allclose(reloaded.predict_images(z), vae.predict_images(z),
+                                   atol=1e-6)
+        return
+    # The classes are the folder's: three, by name, in the model and the metrics.
+    assert load_class_names(output_dir) == ["circle", "square", "triangle"]
+    assert len(metrics["conditional_accuracy"]["prior_samples"]["per_class"]) == 3
+    assert metrics["conditional_accuracy"]["real_test_images"]["images"] == 30
+    np.testing.assert_allclose(chapter.digit_decoder(reloaded)(z, np.arange(3)),
+                               chapter.digit_decoder(vae)(z, np.arange(3)), atol=1e-6)
+    assert not list(output_dir.glob("manifold_digit_*"))
+
+
+def test_the_latent_explorer_offers_the_folder_classes_by_name():
+    from visualization_utils import LatentExplorer
+    asked = []
+
+    def decode(z, labels):
+        asked.append(int(labels[0]))
+        return np.zeros((1, 32, 32, 3), "float32")
+
+    explorer = LatentExplorer(decode, 2, class_names=["circle", "square", "triangle"])
+    explorer.digit_buttons.set_active(2)
+    assert explorer.state[1] == 2 and asked[-1] == 2
+    assert explorer.image_axes.get_title().startswith("class triangle at z")
