@@ -25,8 +25,15 @@ left out of the ratio a/b.
 It prints a table (min/median/max over the repeats) and writes it as JSON.
 Compare only numbers from one run: absolute times move from run to run.
 
+With `--image-sizes`, it measures instead how the cost grows with the image
+(MNIST resized, the model grown as the chapters grow it): per model and
+size, (a) and (c) above, images per second and the peak memory of the
+process. Each (model, size) runs in a fresh Python process, so its peak
+memory is its own.
+
     python benchmarks/benchmark.py              # about 15 minutes on 2 cores
     python benchmarks/benchmark.py --quick      # about 30 seconds, to check it works
+    python benchmarks/benchmark.py --image-sizes 28 56 112 224 --precisions float32
     python benchmarks/benchmark.py --models cvae_onehot --precisions float32 --jit-compile
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/benchmark.py --models cvae_onehot
 
@@ -39,6 +46,8 @@ import argparse
 import contextlib
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +66,7 @@ import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
 from image_data import load_mnist_images, make_dataset  # noqa: E402
 from runs import make_reproducible, precision  # noqa: E402
-from training_loops import train  # noqa: E402
+from training_loops import conv_filters, train  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype
 
@@ -66,7 +75,8 @@ PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras polic
 
 
 class Chapter(NamedTuple):
-    build: Callable  # () -> a fresh VAE, as the script builds it
+    # (image_shape) -> a fresh VAE, as the script builds it for that shape
+    build: Callable
     # (images, digits) -> (inputs, targets): the script's own pairing
     inputs_and_targets: Callable
     shuffle_buffer: int | None  # None: the whole training set
@@ -74,18 +84,21 @@ class Chapter(NamedTuple):
 
 CHAPTERS = {
     "cvae_onehot": Chapter(
-        lambda: cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0, beta=1.0),
+        lambda shape=(28, 28, 1): cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0,
+                                                        beta=1.0, image_shape=shape),
         cvae_onehot.inputs_and_targets,
         None,
     ),
     "cvae_embedding": Chapter(
-        lambda: cvae_embedding.build_vae(cvae_embedding.LATENT_DIM,
-                                         cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0),
+        lambda shape=(28, 28, 1): cvae_embedding.build_vae(
+            cvae_embedding.LATENT_DIM, cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0,
+            image_shape=shape),
         cvae_embedding.inputs_and_targets,
         None,
     ),
     "denoising_vae": Chapter(
-        lambda: denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0),
+        lambda shape=(28, 28, 1): denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0,
+                                                          beta=1.0, image_shape=shape),
         lambda images, digits: denoising_vae.inputs_and_targets(
             images, denoising_vae.CORRUPTION, seed=0),
         denoising_vae.SHUFFLE_BUFFER,
@@ -185,7 +198,7 @@ def split_epoch(start, step_ends, validation_seconds, end):
 def project_epochs(chapter, train_set, test_set, batch_size, repeats):
     """`repeats` epochs through `training_loops.train`, after one warm-up
     epoch that traces the graph."""
-    vae = chapter.build()
+    vae = chapter.build(train_set[0].shape[1:])
     train_inputs, train_targets = chapter.inputs_and_targets(*train_set)
     shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
     train_data = make_dataset(train_inputs, train_targets, batch_size,
@@ -206,7 +219,7 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats):
 def bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile):
     """Median ms of a tf.function gradient step on one fixed batch, for each
     of `repeats` runs of `steps` steps: the framework floor."""
-    vae = chapter.build()
+    vae = chapter.build(train_set[0].shape[1:])
     inputs, targets = chapter.inputs_and_targets(*train_set)
     batch_inputs = tf.nest.map_structure(lambda a: tf.constant(a[:batch_size]), inputs)
     batch_targets = tf.constant(targets[:batch_size])
@@ -244,7 +257,7 @@ def measure(chapter, train_set, test_set, batch_size, steps, repeats, gflops, ji
     epochs = project_epochs(chapter, train_set, test_set, batch_size, repeats)
     project = [epoch["ms_per_step"] for epoch in epochs]
     bare = bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile)
-    flops = flops_per_step(chapter.build(), batch_size)
+    flops = flops_per_step(chapter.build(train_set[0].shape[1:]), batch_size)
     limit_ms = 1000 * flops / (gflops * 1e9)
     return {
         "project_ms_per_step": summary(project),
@@ -284,6 +297,94 @@ def run(models, precisions, steps, repeats, batch_size, test_images, matmul_size
     return results
 
 
+# ## How the cost grows with the image (--image-sizes)
+
+
+def measure_size(name, image_size, policy, steps, repeats, batch_size, test_images,
+                 matmul_size):
+    """One model at one image size, in this process: the project's ms per
+    step, the FLOP limit, images per second and the process's peak memory."""
+    make_reproducible(0)
+    train_set, test_set = load_mnist_images(min(steps * batch_size, 60_000), test_images,
+                                            image_size)
+    gflops = matmul_gflops(matmul_size, max(3, repeats), PRECISIONS[policy])
+    with precision(mixed=policy == "mixed_bfloat16"):
+        chapter = CHAPTERS[name]
+        project = [epoch["ms_per_step"]
+                   for epoch in project_epochs(chapter, train_set, test_set, batch_size,
+                                               repeats)]
+        flops = flops_per_step(chapter.build(train_set[0].shape[1:]), batch_size)
+    limit_ms = 1000 * flops / (gflops * 1e9)
+    return {
+        "model": name, "image_size": image_size, "precision": policy,
+        "project_ms_per_step": summary(project),
+        "images_per_second_project": batch_size / (np.median(project) / 1000),
+        "gflop_per_step": flops / 1e9,
+        "limit_ms_per_step": limit_ms,
+        "project_over_limit": float(np.median(project) / limit_ms),
+        # The high-water mark of this process's resident memory (Linux
+        # counts it in KiB): the images held, TensorFlow and the model.
+        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "training_images_held": len(train_set[0]),
+    }
+
+
+def size_sweep(models, sizes, precisions, steps, repeats, batch_size, test_images,
+               matmul_size):
+    """Runs `measure_size` for each model, size and precision in a fresh
+    Python process (see --one-size), so each peak memory is its own. A
+    size that fails (memory) is recorded with the reason."""
+    rows = []
+    for name in models:
+        for size in sizes:
+            for policy in precisions:
+                with tempfile.TemporaryDirectory() as scratch:
+                    output = Path(scratch) / "row.json"
+                    child = subprocess.run(
+                        [sys.executable, __file__, "--one-size", name, str(size), policy,
+                         "--steps", str(steps), "--repeats", str(repeats),
+                         "--batch-size", str(batch_size), "--test-images", str(test_images),
+                         "--matmul-size", str(matmul_size), "--output", str(output)],
+                        capture_output=True, text=True)
+                    if child.returncode == 0:
+                        rows.append(json.loads(output.read_text()))
+                    else:
+                        last = (child.stderr.strip().splitlines() or ["no message"])[-1]
+                        rows.append({"model": name, "image_size": size, "precision": policy,
+                                     "failed": f"exit {child.returncode}: {last[:200]}"})
+                print_size_row(rows[-1], rows, flush=True)
+    return {"batch_size": batch_size, "steps": steps, "repeats": repeats,
+            "test_images": test_images, "sizes": rows}
+
+
+SIZE_HEADER = (f"{'model':<15} {'size':>5} {'precision':<15} {'project ms':>20} "
+               f"{'images/s':>8} {'GFLOP':>7} {'limit ms':>8} {'proj/limit':>10} "
+               f"{'x time':>6} {'x pixels':>8} {'peak MiB':>8}")
+
+
+def print_size_row(row, rows, flush=False):
+    """One line of the size table; 'x time' and 'x pixels' compare the row
+    with the same model's smallest size measured."""
+    if len(rows) == 1:
+        print(SIZE_HEADER)
+        print("-" * len(SIZE_HEADER))
+    name, size, policy = row["model"], row["image_size"], row["precision"]
+    if "failed" in row:
+        print(f"{name:<15} {size:>5} {policy:<15} failed: {row['failed']}", flush=flush)
+        return
+    first = next(r for r in rows if r["model"] == name and r["precision"] == policy
+                 and "failed" not in r)
+    ms = row["project_ms_per_step"]
+    spread = "/".join(f"{ms[k]:.0f}" if ms[k] >= 100 else f"{ms[k]:.1f}"
+                      for k in ("min", "median", "max"))
+    print(f"{name:<15} {size:>5} {policy:<15} {spread:>20} "
+          f"{row['images_per_second_project']:>8.0f} {row['gflop_per_step']:>7.1f} "
+          f"{row['limit_ms_per_step']:>8.1f} {row['project_over_limit']:>10.2f} "
+          f"{ms['median'] / first['project_ms_per_step']['median']:>6.1f} "
+          f"{(size / first['image_size']) ** 2:>8.1f} {row['peak_memory_mib']:>8.0f}",
+          flush=flush)
+
+
 def print_table(results):
     rates = ", ".join(f"{rate:.0f} GFLOP/s in {PRECISIONS[policy]}"
                       for policy, rate in results["matmul_gflops_per_second"].items())
@@ -314,14 +415,23 @@ def print_table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=469,
-                        help="steps per repeat (469: one MNIST epoch at batch 128, as the "
-                        "scripts run, so per-epoch costs weigh as they do there)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per repeat (default 469: one MNIST epoch at batch 128, "
+                        "as the scripts run, so per-epoch costs weigh as they do there; "
+                        "20 with --image-sizes)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per model")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--test-images", type=int, default=10_000,
-                        help="images in the test-set pass after each epoch (the scripts "
-                        "use all 10,000)")
+    parser.add_argument("--test-images", type=int, default=None,
+                        help="images in the test-set pass after each epoch (default 10,000, "
+                        "as the scripts use; 512 with --image-sizes)")
+    parser.add_argument("--image-sizes", type=int, nargs="+", metavar="SIZE",
+                        help="measure how the cost grows with the image instead: MNIST "
+                        "resized to each size (28, 56, 112, 224, ...)")
+    parser.add_argument("--matmul-size", type=int, default=None, help=argparse.SUPPRESS)
+    # One (model, size, precision) of the sweep, run by `size_sweep` in a
+    # process of its own.
+    parser.add_argument("--one-size", nargs=3, metavar=("MODEL", "SIZE", "PRECISION"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", choices=list(CHAPTERS), default=list(CHAPTERS))
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
                         default=list(PRECISIONS))
@@ -331,21 +441,41 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a run of a few seconds: 5 steps, 2 repeats, 256 test images, "
                         "small matmul")
-    parser.add_argument("--output", type=Path, default=REPO / "outputs" / "benchmark.json",
-                        help="where to write the results as JSON")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write the results as JSON (default "
+                        "outputs/benchmark.json, or outputs/benchmark_image_sizes.json "
+                        "with --image-sizes)")
     args = parser.parse_args(argv)
-    if min(args.repeats, args.batch_size, args.test_images) < 1 or args.steps < 2:
-        parser.error("--repeats, --batch-size and --test-images must be positive, "
-                     "--steps at least 2")
+    sweep = bool(args.image_sizes)
     steps, repeats, test_images, matmul_size = (
         (5, 2, 256, 512) if args.quick
-        else (args.steps, args.repeats, args.test_images, 2048))
-    results = run(args.models, args.precisions, steps, repeats, args.batch_size, test_images,
-                  matmul_size, args.jit_compile)
-    print_table(results)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"Wrote {args.output}")
+        else (args.steps or (20 if sweep else 469), args.repeats,
+              args.test_images or (512 if sweep else 10_000), args.matmul_size or 2048))
+    if min(repeats, args.batch_size, test_images) < 1 or steps < 2:
+        parser.error("--repeats, --batch-size and --test-images must be positive, "
+                     "--steps at least 2")
+    for size in args.image_sizes or []:
+        try:
+            conv_filters(size)
+        except ValueError as error:
+            parser.error(f"--image-sizes {size}: {error}")
+    if args.one_size:
+        name, size, policy = args.one_size
+        results = measure_size(name, int(size), policy, steps, repeats, args.batch_size,
+                               test_images, matmul_size)
+    elif sweep:
+        results = size_sweep(args.models, args.image_sizes, args.precisions, steps, repeats,
+                             args.batch_size, test_images, matmul_size)
+    else:
+        results = run(args.models, args.precisions, steps, repeats, args.batch_size,
+                      test_images, matmul_size, args.jit_compile)
+        print_table(results)
+    output = args.output or REPO / "outputs" / (
+        "benchmark_image_sizes.json" if sweep else "benchmark.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.one_size:
+        print(f"Wrote {output}")
     return results
 
 

@@ -74,11 +74,11 @@ def datasets(chapter, config):
         train_pairs = chapter.inputs_and_targets(train_images, train_digits, *extra)
         test_pairs = chapter.inputs_and_targets(test_images, test_digits, *extra)
         shuffle_buffer = len(train_images)
-        judge = classifier_for_run(config.data_dir, train_images, train_digits, num_classes,
-                                   config.seed)
     train_data = make_dataset(*train_pairs, config.batch_size,
                               shuffle_buffer=shuffle_buffer, seed=config.seed)
     test_data = make_dataset(*test_pairs, config.batch_size)
+
+    judges = []  # made at the first measurement, after the model, as the chapter does
 
     def measure(vae):
         losses = evaluate_per_image(vae, test_data)
@@ -91,10 +91,13 @@ def datasets(chapter, config):
             row.update(psnr_db=float(quality["psnr"].mean()),
                        ssim=quality["mean_ssim"])
         else:
+            if not judges:
+                judges.append(classifier_for_run(config.data_dir, train_images, train_digits,
+                                                 num_classes, config.seed))
             test_z_mean = chapter.digit_encoder(vae)(test_images, test_digits)
             accuracy = conditional_accuracy(chapter.digit_decoder(vae), test_z_mean,
                                             test_images, test_digits, seed=config.seed,
-                                            classifier=judge)
+                                            classifier=judges[0])
             row.update(conditional_accuracy=accuracy["prior_samples"]["overall"],
                        reconstruction_accuracy=accuracy["test_reconstructions"]["overall"])
         return row

@@ -135,3 +135,26 @@ def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, 
     assert rows[1].endswith(f"`python cvae_onehot.py --train-samples 512 --test-samples 128 "
                             f"--epochs 2 {fast}` |")
     assert f"| {reference[-1]['test_loss_per_image']:.2f} |" in rows[0]
+
+
+def test_the_size_sweep_measures_each_size_in_its_own_process(small_mnist, tmp_path, capsys):
+    output = tmp_path / "sizes.json"
+    results = benchmark.main(["--quick", "--image-sizes", "28", "56", "--models",
+                              "cvae_onehot", "--precisions", "float32", "--output", str(output)])
+    rows = results["sizes"]
+    assert [row["image_size"] for row in rows] == [28, 56]
+    assert json.loads(output.read_text()) == results
+    small, large = rows
+    # 4 times the pixels, and one more block (of 128 filters): 6.4 times the
+    # FLOPs of 28x28.
+    assert large["gflop_per_step"] / small["gflop_per_step"] == pytest.approx(6.4, abs=0.1)
+    for row in rows:
+        assert row["project_ms_per_step"]["median"] > 0 and row["peak_memory_mib"] > 100
+    printed = capsys.readouterr().out
+    assert "x pixels" in printed and "cvae_onehot        56" in printed
+
+
+def test_the_size_sweep_refuses_a_size_the_model_cannot_take(capsys):
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--image-sizes", "28", "30"])
+    assert stop.value.code == 2 and "28 and 32" in capsys.readouterr().err
