@@ -23,8 +23,10 @@ try:
 except ValueError as error:  # Matplotlib refuses an unknown MPLBACKEND on import
     sys.exit(f"error: MPLBACKEND={os.environ.get('MPLBACKEND')} is not a Matplotlib "
              "backend: unset it, or set it to one such as Agg (files only) or TkAgg")
+import matplotlib
 from matplotlib.animation import PillowWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
@@ -43,9 +45,14 @@ def class_noun(class_names):
 
 
 def class_colors(class_count):
-    """A Matplotlib colour map with a distinct colour for each class where
-    there are at most 20, else a continuous one."""
-    return "tab10" if class_count <= 10 else "tab20" if class_count <= 20 else "viridis"
+    """A colour map of one colour per class: tab10's first colours for up to
+    10 classes (MNIST's ten digits get tab10 itself), tab20's up to 20, then
+    colours spread along viridis."""
+    for palette in ("tab10", "tab20"):
+        colors = matplotlib.colormaps[palette].colors
+        if class_count <= len(colors):
+            return ListedColormap(colors[:class_count])
+    return matplotlib.colormaps["viridis"].resampled(class_count)
 
 
 def shown_classes(class_names):
