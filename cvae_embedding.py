@@ -28,8 +28,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from errors import run_main
 from digit_classifier import classifier_for_run
+from errors import run_main
 from evaluation import conditional_accuracy, embedding_matches_digit_likeness, write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset

@@ -98,18 +98,22 @@ def fit_classifier(images, labels, class_count, epochs, seed, verbose=None,
 # ---------------------------------------------------------------------------
 
 # Where classifiers trained on a run's images are kept, by a digest of those
-# images: a second run on the same images (another chapter, another seed of
-# the VAE) reuses the first's.
+# images and of how it is trained: a second run on the same images and seed
+# (another chapter, other VAE settings) reuses the first's.
 CLASSIFIER_CACHE = keras_datasets_dir().parent / "classifiers"
 # A folder of a few hundred images gives only a few steps per epoch: the
 # classifier trains for at least this many steps, going over small folders
 # several times an epoch.
 FOLDER_CLASSIFIER_STEPS = 300
-# It reads images at most this large (larger ones are shrunk for it): a
-# class shows at 32x32 (CIFAR's size), and a step costs 4 times less than
-# at 64x64. It learns from at most this many of the training images.
+# It reads images at this size (resized for it): a class shows at 32x32
+# (CIFAR's size), and a step costs 4 times less than at 64x64. It learns
+# from at most this many of the training images (three times as many with
+# their blurred copies).
 FOLDER_CLASSIFIER_SIZE = 32
-FOLDER_CLASSIFIER_IMAGES = 20_000
+FOLDER_CLASSIFIER_IMAGES = 10_000
+# Changed whenever the judge's design or training changes, so that a cached
+# judge of another design is never loaded.
+FOLDER_CLASSIFIER_VERSION = "shape-only, sharp and blurred, v1"
 
 
 def shape_only(images):
@@ -152,15 +156,15 @@ def classifier_for_run(data_dir, train_images, train_labels, class_count, seed):
     CLASSIFIER_CACHE when the same images have been seen before."""
     if not data_dir:
         return load_digit_classifier()
-    size = min(train_images.shape[1], FOLDER_CLASSIFIER_SIZE)
-    images = resize_images(train_images[:FOLDER_CLASSIFIER_IMAGES], size,
+    images = resize_images(train_images[:FOLDER_CLASSIFIER_IMAGES], FOLDER_CLASSIFIER_SIZE,
                            train_images.shape[-1])
     labels = train_labels[:FOLDER_CLASSIFIER_IMAGES].astype("int64")
     digest = hashlib.sha256()
     for array in (images, labels):
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).data)
-    digest.update(f"{class_count} {seed} {FOLDER_CLASSIFIER_STEPS}".encode())
+    digest.update(f"{class_count} {seed} {FOLDER_CLASSIFIER_STEPS} {EPOCHS} {BATCH_SIZE} "
+                  f"{LEARNING_RATE} {FOLDER_CLASSIFIER_VERSION}".encode())
     path = CLASSIFIER_CACHE / f"{digest.hexdigest()[:24]}.weights.h5"
     classifier = build_folder_classifier(images.shape[1:], class_count)
     if path.exists():
@@ -168,8 +172,9 @@ def classifier_for_run(data_dir, train_images, train_labels, class_count, seed):
             classifier.load_weights(path)
             print(f"Loaded the classifier trained on these images before: {path}")
             return classifier
-        except Exception:  # damaged: train it again
-            pass
+        except Exception as error:  # damaged: train it again
+            print(f"Cannot load the cached classifier {path} ({type(error).__name__}): "
+                  "training it again")
     images, labels = with_blurred_copies(images, labels)
     passes = math.ceil(FOLDER_CLASSIFIER_STEPS * BATCH_SIZE / (EPOCHS * len(images)))
     print(f"Training a classifier on {len(labels) // 3:,} training images, sharp and "
@@ -178,8 +183,12 @@ def classifier_for_run(data_dir, train_images, train_labels, class_count, seed):
     trained = fit_classifier(images[repeated], labels[repeated], class_count, EPOCHS, seed,
                              verbose=0, build=build_folder_classifier)
     classifier.set_weights(trained.get_weights())  # without the optimizer's state
-    with atomic_path(path) as temporary:
-        classifier.save_weights(temporary)
+    try:
+        with atomic_path(path) as temporary:
+            classifier.save_weights(temporary)
+    except OSError as error:  # a read-only or full disk: judge now, train again next time
+        print(f"Cannot keep the classifier in {path.parent} ({error.strerror}); "
+              "it is used for this run only")
     return classifier
 
 

@@ -263,10 +263,11 @@ def embedding_matches_digit_likeness(table, images, digits, seed, permutations=1
     observed = _rank_correlation(embedding_similarity[pairs], likeness[pairs])
     rng = np.random.default_rng(seed)
     orders = np.stack([rng.permutation(class_count) for _ in range(permutations)])
-    # Row i: the 45 similarities once the digits are renamed by orders[i].
-    renamed = embedding_similarity[orders[:, :, None], orders[:, None, :]]
-    shuffled = renamed[:, pairs[0], pairs[1]]
-    as_good = int(np.sum(_rank_correlation(shuffled, likeness[pairs]) >= observed))
+    as_good = 0
+    for chunk in np.array_split(orders, max(1, permutations // 1000)):  # bounded memory
+        # Row i: the 45 similarities once the digits are renamed by chunk[i].
+        shuffled = embedding_similarity[chunk[:, pairs[0]], chunk[:, pairs[1]]]
+        as_good += int(np.sum(_rank_correlation(shuffled, likeness[pairs]) >= observed))
     result = {"spearman": float(observed),
               "p_value": (1 + as_good) / (1 + permutations),
               "pairs": len(pairs[0]), "permutations": permutations,

@@ -125,9 +125,12 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
                 color_mode="rgb", batch_size=None, image_size=(image_size, image_size),
                 crop_to_aspect_ratio=True, interpolation="area", shuffle=True, seed=seed,
                 validation_split=test_fraction, subset="both", verbose=False)
-    except ValueError as error:  # a split left empty: too few images
-        raise ImageFolderError(f"--data-dir {data_dir}: {_first_line(error)} (too few "
-                               f"images to hold out --test-fraction {test_fraction})") from None
+    except ValueError:  # a split left empty: too few images
+        found = _count_images(data_dir)
+        raise ImageFolderError(
+            f"--data-dir {data_dir} has too few images ({found}) to hold out "
+            f"--test-fraction {test_fraction} of them as test images and train on the rest: "
+            "add images, or change --test-fraction") from None
     class_names = train_split.class_names if classes_needed else None
     train_count = min(train_samples, len(train_split.file_paths))
     test_count = min(test_samples, len(test_split.file_paths))
@@ -152,6 +155,7 @@ def _check_folder_layout(data_dir, classes_needed):
                                + FOLDER_LAYOUT)
     entries = sorted(path for path in data_dir.iterdir() if not path.name.startswith("."))
     class_folders = [path for path in entries if path.is_dir()]
+    _refuse_folders_that_are_no_classes(data_dir, [folder.name for folder in class_folders])
     loose_images = [path.name for path in entries if _is_image(path)]
     if not classes_needed:
         if not loose_images and not any(_count_images(folder) for folder in class_folders):
@@ -176,6 +180,26 @@ def _check_folder_layout(data_dir, classes_needed):
             f"--data-dir {data_dir} has {len(class_folders)} class folder "
             f"({class_folders[0].name}): a conditional VAE needs at least {classes_needed} "
             "classes to tell apart (the denoiser, denoising_vae.py, needs none)")
+
+
+# Folder names that split a data set rather than name a class.
+SPLIT_FOLDERS = {"train", "training", "test", "testing", "val", "valid", "validation"}
+
+
+def _refuse_folders_that_are_no_classes(data_dir, names):
+    """A data set already split (DIR/train/cat, DIR/test/cat), or a zip's
+    __MACOSX folder, would be read as classes: refused, saying what to do."""
+    splits = sorted(name for name in names if name.lower() in SPLIT_FOLDERS)
+    if splits:
+        training = next((name for name in splits if name.lower().startswith("train")),
+                        splits[0])
+        raise ImageFolderError(
+            f"--data-dir {data_dir} holds {', '.join(splits)}: a data set already split, "
+            f"whose folders would be taken for classes. Give --data-dir {data_dir / training} "
+            "(the run holds out its own test images: --test-fraction)")
+    if "__MACOSX" in names:
+        raise ImageFolderError(f"--data-dir {data_dir} holds __MACOSX, left by unzipping on "
+                               "a Mac: delete it, or it is read as a class")
 
 
 def _is_image(path):
@@ -211,11 +235,17 @@ def _check_fits_in_memory(image_count, image_size, channels, share_of_memory=0.5
 
 
 def _free_memory():
-    """Bytes of memory free for new data, or None where the system won't say."""
+    """Bytes of memory available for new data (Linux's MemAvailable, which
+    counts the file cache the system would give up), or None where the
+    system won't say."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not Linux
-        return None
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # given in KiB
+    except (OSError, ValueError):  # not Linux
+        pass
+    return None
 
 
 def _as_arrays(split, count, channels, data_dir, images_per_batch=256):
@@ -231,7 +261,8 @@ def _as_arrays(split, count, channels, data_dir, images_per_batch=256):
             labels.append(np.zeros(len(batch_images), "int64") if batch_labels is None
                           else batch_labels.numpy())
     except tf.errors.OpError:  # an image that does not decode
-        _raise_for_unreadable_image(split.file_paths[:count], data_dir)
+        # The loader's shuffle may have read any of the split's files.
+        _raise_for_unreadable_image(split.file_paths, data_dir)
         raise
     # Keras' loader refuses an empty split, so there is at least one batch.
     return np.concatenate(images), np.concatenate(labels)

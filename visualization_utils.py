@@ -149,6 +149,14 @@ def _first_of(shown, class_names):
             if len(shown) < len(class_names) else "")
 
 
+def _names_line(shown, class_names, width=40):
+    """The class names shown, in a title's length."""
+    text = ", ".join(shown)
+    if len(text) > width or len(shown) < len(class_names):
+        text = f"{len(shown)} of the {len(class_names)} classes"
+    return text
+
+
 def normal_quantile_grid(grid_size, low=0.05, high=0.95):
     """Points of N(0, 1) at evenly spaced probabilities.
 
@@ -307,9 +315,10 @@ def plot_label_embedding(vectors, path, class_names=DIGIT_NAMES):
     figure = Figure(figsize=(12.5, 5.5), layout="constrained")
     left, right = figure.subplots(1, 2)
     image = left.imshow(similarity, cmap="RdBu_r", vmin=-1, vmax=1)
-    for (row, column), value in np.ndenumerate(similarity):
-        left.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                  color="white" if abs(value) > 0.6 else "black")
+    if len(vectors) <= CLASSES_SHOWN:  # beyond, the numbers would not fit their cells
+        for (row, column), value in np.ndenumerate(similarity):
+            left.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if abs(value) > 0.6 else "black")
     noun = class_noun(class_names)
     left.set_xticks(range(len(vectors)), labels=class_names, rotation=90 if noun == "class" else 0)
     left.set_yticks(range(len(vectors)), labels=class_names)
@@ -365,14 +374,6 @@ def plot_restoration_gain(psnr_corrupted, psnr_restored, path, corruption):
     return save_figure(figure, path)
 
 
-def _names_line(shown, class_names, width=40):
-    """The class names shown, in a title's length."""
-    text = ", ".join(shown)
-    if len(text) > width or len(shown) < len(class_names):
-        text = f"{len(shown)} of the {len(class_names)} classes"
-    return text
-
-
 def latent_loop(frames, radius=1.2):
     """A smooth closed path through the 2-d latent plane: a circle of the
     given radius around the origin, where the prior puts most of its mass
@@ -383,13 +384,13 @@ def latent_loop(frames, radius=1.2):
 
 def save_latent_traversal_gif(decode, path, frames=36, frames_per_second=9,
                               class_names=DIGIT_NAMES):
-    """An animated GIF: all ten digits (every class) decoded from the same z
-    while z walks a closed loop through the latent plane (left: where z is
-    now)."""
+    """An animated GIF: all ten digits (the classes, up to CLASSES_SHOWN)
+    decoded from the same z while z walks a closed loop through the latent
+    plane (left: where z is now)."""
     path_points = latent_loop(frames).astype("float32")
     names = shown_classes(class_names)
     count = len(names)
-    # Every frame of every class in one batched call: frames * 10 images.
+    # Every frame of every class in one batched call: frames * classes images.
     images = np.asarray(decode(np.repeat(path_points, count, axis=0),
                                np.tile(np.arange(count), frames)))
     # Rows of five (MNIST: 2 x 5); blank images fill the last row.

@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,21 +85,21 @@ class Chapter(NamedTuple):
 
 CHAPTERS = {
     "cvae_onehot": Chapter(
-        lambda shape=(28, 28, 1): cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0,
-                                                        beta=1.0, image_shape=shape),
+        lambda shape: cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0, beta=1.0,
+                                            image_shape=shape),
         cvae_onehot.inputs_and_targets,
         None,
     ),
     "cvae_embedding": Chapter(
-        lambda shape=(28, 28, 1): cvae_embedding.build_vae(
+        lambda shape: cvae_embedding.build_vae(
             cvae_embedding.LATENT_DIM, cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0,
             image_shape=shape),
         cvae_embedding.inputs_and_targets,
         None,
     ),
     "denoising_vae": Chapter(
-        lambda shape=(28, 28, 1): denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0,
-                                                          beta=1.0, image_shape=shape),
+        lambda shape: denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0,
+                                              image_shape=shape),
         lambda images, digits: denoising_vae.inputs_and_targets(
             images, denoising_vae.CORRUPTION, seed=0),
         denoising_vae.SHUFFLE_BUFFER,
@@ -189,6 +190,7 @@ def split_epoch(start, step_ends, validation_seconds, end):
     once_per_epoch = first_step - median_ms / 1000 + after_last_step
     return {
         "ms_per_step": median_ms + 1000 * once_per_epoch / steps,
+        "median_step_ms": median_ms,
         "once_per_epoch_seconds": once_per_epoch,
         "validation_seconds": validation_seconds,
         "mean_ms_per_step": 1000 * (end - start - validation_seconds) / steps,
@@ -302,15 +304,17 @@ def run(models, precisions, steps, repeats, batch_size, test_images, matmul_size
 
 def measure_size(name, image_size, policy, steps, repeats, batch_size, test_images,
                  matmul_size):
-    """One model at one image size, in this process: the project's ms per
-    step, the FLOP limit, images per second and the process's peak memory."""
+    """One model at one image size, in this process: the project's median
+    step (a sweep runs few steps, over which the once-per-epoch costs would
+    weigh more than in a real epoch), the FLOP limit, images per second and
+    the process's peak memory."""
     make_reproducible(0)
     train_set, test_set = load_mnist_images(min(steps * batch_size, 60_000), test_images,
                                             image_size)
     gflops = matmul_gflops(matmul_size, max(3, repeats), PRECISIONS[policy])
     with precision(mixed=policy == "mixed_bfloat16"):
         chapter = CHAPTERS[name]
-        project = [epoch["ms_per_step"]
+        project = [epoch["median_step_ms"]
                    for epoch in project_epochs(chapter, train_set, test_set, batch_size,
                                                repeats)]
         flops = flops_per_step(chapter.build(train_set[0].shape[1:]), batch_size)
@@ -349,12 +353,20 @@ def size_sweep(models, sizes, precisions, steps, repeats, batch_size, test_image
                     if child.returncode == 0:
                         rows.append(json.loads(output.read_text()))
                     else:
-                        last = (child.stderr.strip().splitlines() or ["no message"])[-1]
                         rows.append({"model": name, "image_size": size, "precision": policy,
-                                     "failed": f"exit {child.returncode}: {last[:200]}"})
+                                     "failed": _why_it_failed(child)})
                 print_size_row(rows[-1], rows, flush=True)
     return {"batch_size": batch_size, "steps": steps, "repeats": repeats,
             "test_images": test_images, "sizes": rows}
+
+
+def _why_it_failed(child):
+    """A killed process (out of memory, most likely) by its signal's name,
+    else its exit status and last line of error."""
+    if child.returncode < 0:
+        return f"killed by {signal.Signals(-child.returncode).name} (out of memory?)"
+    last = (child.stderr.strip().splitlines() or ["no message"])[-1]
+    return f"exit {child.returncode}: {last[:200]}"
 
 
 SIZE_HEADER = (f"{'model':<15} {'size':>5} {'precision':<15} {'project ms':>20} "
@@ -454,6 +466,8 @@ def main(argv=None):
     if min(repeats, args.batch_size, test_images) < 1 or steps < 2:
         parser.error("--repeats, --batch-size and --test-images must be positive, "
                      "--steps at least 2")
+    if sweep and args.jit_compile:
+        parser.error("--jit-compile applies to the bare step, which --image-sizes does not run")
     for size in args.image_sizes or []:
         try:
             conv_filters(size)

@@ -109,6 +109,7 @@ def test_the_saved_model_reloads_and_decodes_identically(finished_run):
     assert decoded.shape == (20, 28, 28, 1) and 0.0 < decoded.mean() < 1.0
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_the_same_seed_gives_the_same_history(tmp_path, small_mnist):
     for name in ("first", "second", "other_seed"):
         run_script(tmp_path / name, "--epochs", "2", *(["--seed", "7"] if name == "other_seed" else []))
@@ -157,6 +158,7 @@ def history_epochs(output_dir):
 @pytest.mark.parametrize("schedule", [[], ["--lr-schedule", "cosine", "--learning-rate", "3e-3"],
                                       ["--kl-warmup-epochs", "3"]],
                          ids=["constant", "cosine", "kl-warmup"])
+@pytest.mark.usefixtures("without_figures")
 def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_mnist, monkeypatch,
                                                                capsys, schedule):
     run_interrupted(tmp_path, monkeypatch, epochs=4, epoch=1, flags=schedule)
@@ -192,6 +194,7 @@ def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_m
     assert float(reloaded.optimizer.learning_rate) == pytest.approx(final_rate)
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small_mnist, monkeypatch):
     # Ctrl-C lands after CSVLogger wrote epoch 1's row but before its backup.
     run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=1, before_saving=True)
@@ -200,6 +203,7 @@ def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small
     assert history_epochs(tmp_path) == ["0", "1", "2"]
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_a_stop_while_the_backup_is_written_resumes_from_the_last_complete_one(
         tmp_path, small_mnist, monkeypatch, capsys):
     # Ctrl-C lands in the middle of writing epoch 2's weights: Keras' own
@@ -237,6 +241,7 @@ def test_a_stop_while_the_backup_is_written_resumes_from_the_last_complete_one(
     assert int(vae.optimizer.iterations) == 3 * STEPS_PER_EPOCH
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_a_stop_between_the_backups_two_renames_loses_nothing(tmp_path, small_mnist,
                                                              monkeypatch, capsys):
     run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
@@ -268,6 +273,7 @@ def test_a_run_stopped_after_training_resumes_without_training_again(tmp_path, s
     assert (tmp_path / "generated_digits.png").exists()
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_resume_of_a_finished_run_is_refused_and_changes_nothing(tmp_path, small_mnist,
                                                                  capsys):
     run_script(tmp_path, "--epochs", "1")
@@ -294,6 +300,7 @@ def test_an_unusable_output_dir_gets_one_line(tmp_path, make_bad_dir, message, c
     assert error.count("\n") == 1 and message in error and str(bad_dir) in error
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_a_second_run_into_a_folder_in_use_gets_one_line(tmp_path, small_mnist, capsys):
     # The first run holds the folder's lock, as a run in another process would.
     fcntl = pytest.importorskip("fcntl")
@@ -309,6 +316,7 @@ def test_a_second_run_into_a_folder_in_use_gets_one_line(tmp_path, small_mnist, 
     assert (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, monkeypatch):
     run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
     with pytest.raises(SystemExit) as exit_info:
@@ -317,6 +325,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, mo
     assert "latent_dim: 2 -> 3" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_resume_accepts_other_figure_settings_but_not_fewer_epochs(tmp_path, small_mnist,
                                                                    monkeypatch, capsys):
     run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=1)
@@ -329,6 +338,7 @@ def test_resume_accepts_other_figure_settings_but_not_fewer_epochs(tmp_path, sma
     assert history_epochs(tmp_path) == ["0", "1", "2"]
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_resume_accepts_a_run_from_before_a_setting_was_added(tmp_path, small_mnist,
                                                               monkeypatch):
     run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)

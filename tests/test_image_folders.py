@@ -100,6 +100,14 @@ def layout(tmp_path, kind):
     elif kind == "too few":
         write_image(folder / "cat" / "1.png")
         write_image(folder / "dog" / "2.png")
+    elif kind == "already split":
+        for split in ("train", "test"):
+            write_image(folder / split / "cat" / "1.png")
+            write_image(folder / split / "dog" / "1.png")
+    elif kind == "a mac zip":
+        write_image(folder / "cat" / "1.png")
+        write_image(folder / "dog" / "1.png")
+        write_image(folder / "__MACOSX" / "cat" / "._1.png")
     return folder
 
 
@@ -112,7 +120,9 @@ def layout(tmp_path, kind):
     ("one class", "has 1 class folder (cat): a conditional VAE needs at least 2 classes"),
     ("an empty class", "holds no PNG, JPEG, BMP or GIF images"),
     ("unreadable image", "cannot read the image"),
-    ("too few", "too few images to hold out --test-fraction 0.25"),
+    ("too few", "has too few images (2) to hold out --test-fraction 0.25"),
+    ("already split", "holds test, train: a data set already split"),
+    ("a mac zip", "holds __MACOSX, left by unzipping on a Mac"),
 ])
 def test_a_folder_that_cannot_be_used_says_why_in_one_line(tmp_path, kind, message):
     folder = layout(tmp_path, kind)
@@ -121,6 +131,8 @@ def test_a_folder_that_cannot_be_used_says_why_in_one_line(tmp_path, kind, messa
     assert message in str(error.value) and "\n" not in str(error.value)
     if kind == "unreadable image":
         assert "4.png" in str(error.value)
+    if kind == "already split":
+        assert f"Give --data-dir {folder / 'train'}" in str(error.value)
 
 
 def test_the_denoiser_refuses_a_folder_without_images(tmp_path):
@@ -193,7 +205,7 @@ FOLDER_RUN = ["--epochs", "1", "--batch-size", "32", "--iwae-samples", "4",
 ], ids=["cvae_onehot-64x64x3", "cvae_embedding-32x32x1", "denoising_vae-32x32x3"])
 def test_a_chapter_trains_on_a_folder_draws_and_reloads(chapter, size, channels, figures,
                                                         shapes_folder, quick_classifier,
-                                                        tmp_path):
+                                                        tmp_path, monkeypatch):
     output_dir = tmp_path / "run"
     vae = chapter.main(["--data-dir", str(shapes_folder), "--image-size", str(size),
                         "--channels", str(channels), *FOLDER_RUN,
@@ -205,10 +217,19 @@ def test_a_chapter_trains_on_a_folder_draws_and_reloads(chapter, size, channels,
     assert np.isfinite(metrics["test_per_image"]["loss"])
     reloaded = load_trained_model(output_dir, chapter.__name__)
     z = np.random.default_rng(0).standard_normal((3, vae.latent_dim)).astype("float32")
+    # --explore on the run: a window pretended, the explorer itself is real.
+    monkeypatch.setattr(chapter, "check_explorer_can_open", lambda: None)
+    monkeypatch.setattr(chapter, "show_explorer", lambda explorer: explorer)
+    explorer = chapter.main(["--explore", "--output-dir", str(output_dir)])
     if chapter is denoising_vae:
         np.testing.assert_allclose(reloaded.predict_images(z), vae.predict_images(z),
                                    atol=1e-6)
+        # It steps through the folder's own test images, as the run held them out.
+        (_, _), (test_images, _), _ = load(shapes_folder, size, channels, 0.25, seed=42,
+                                           classes_needed=0)
+        np.testing.assert_allclose(explorer.rows[2], test_images, atol=1e-6)
         return
+    assert explorer.class_names == ["circle", "square", "triangle"]
     # The classes are the folder's: three, by name, in the model and the metrics.
     assert load_class_names(output_dir) == ["circle", "square", "triangle"]
     assert len(metrics["conditional_accuracy"]["prior_samples"]["per_class"]) == 3
@@ -230,3 +251,29 @@ def test_the_latent_explorer_offers_the_folder_classes_by_name():
     explorer.digit_buttons.set_active(2)
     assert explorer.state[1] == 2 and asked[-1] == 2
     assert explorer.image_axes.get_title().startswith("class triangle at z")
+
+
+def test_a_resume_on_other_classes_is_refused(tmp_path, shapes_folder, quick_classifier,
+                                              without_figures, monkeypatch, capsys):
+    from runs import AllOrNothingBackup
+
+    def backup_then_stop(callback):
+        original(callback)
+        raise KeyboardInterrupt
+
+    original = AllOrNothingBackup._save_model
+    folder = tmp_path / "data"
+    shutil.copytree(shapes_folder, folder)
+    flags = ["--data-dir", str(folder), "--image-size", "16", *FOLDER_RUN, "--epochs", "2",
+             "--output-dir", str(tmp_path / "run")]
+    monkeypatch.setattr(AllOrNothingBackup, "_save_model", backup_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cvae_onehot.main(flags)
+    monkeypatch.undo()
+    (folder / "square").rename(folder / "box")  # the classes are now circle, box, triangle
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: cvae_onehot.main([*flags, "--resume"]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "are not those of the interrupted run" in error and "box" in error

@@ -83,6 +83,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite(tmp_path, small_mnist, c
     assert names - {RUN_FILES, ".run.lock"} <= listed
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_an_interrupted_run_is_neither_replaced_nor_continued_with_other_settings(
         tmp_path, small_mnist, monkeypatch, capsys):
     run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=1)
@@ -102,6 +103,7 @@ def test_an_interrupted_run_is_neither_replaced_nor_continued_with_other_setting
     assert history_epochs(tmp_path) == ["0", "1", "2"]
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_a_run_with_nothing_finished_yet_is_replaced_without_asking(tmp_path, small_mnist,
                                                                      monkeypatch, capsys):
     # Ctrl-C in the first epoch: nothing to resume, nothing worth keeping.
@@ -118,6 +120,7 @@ def test_a_run_with_nothing_finished_yet_is_replaced_without_asking(tmp_path, sm
     assert history_epochs(tmp_path) == ["0"]
 
 
+@pytest.mark.usefixtures("without_figures")
 def test_rows_kept_on_resume_keep_the_line_endings_keras_writes(tmp_path, small_mnist,
                                                                monkeypatch, capsys):
     interrupt_backup_at_epoch(monkeypatch, epoch=1)
