@@ -80,6 +80,10 @@ def parse_hyperparameters(script_globals, argv=None,
     # another chapter's script is refused like any other changed setting.
     parser.set_defaults(script=script.name)
     config = parser.parse_args(argv)
+    if getattr(config, "data_dir", ""):
+        # Kept as an absolute path in config.json, so that --explore and
+        # --resume find the same folder from wherever they are run.
+        config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     _check_kl_annealing(parser, config)
     _check_mnist_sample_counts(parser, config)
     for name, check in checks.items():

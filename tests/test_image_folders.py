@@ -157,6 +157,13 @@ def test_a_bad_folder_ends_a_chapter_run_with_one_line(tmp_path, capsys):
     assert error.count("\n") == 1 and "does not exist" in error
 
 
+def test_the_folder_is_kept_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = cvae_onehot.parse_settings(["--data-dir", "shapes"])
+    assert config.data_dir == str(tmp_path / "shapes")
+    assert cvae_onehot.parse_settings([]).data_dir == ""  # MNIST
+
+
 def test_sample_counts_above_mnist_are_allowed_only_with_a_folder(capsys):
     config = cvae_onehot.parse_settings(["--data-dir", "x", "--train-samples", "200000"])
     assert config.train_samples == 200_000
