@@ -268,7 +268,7 @@ def main(argv=None):
         # Does the table place digits that look alike near each other?
         likeness = embedding_matches_digit_likeness(learned_table(vae), test_images,
                                                     test_digits, seed=config.seed)
-        write_metrics(vae, test_pairs, LOSS_SCALE, config,
+        write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_images),
                       extra={"conditional_accuracy": accuracy,
                              "label_embedding_vs_digit_likeness": likeness})
         stopwatch.lap("evaluation")

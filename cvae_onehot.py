@@ -236,7 +236,7 @@ def main(argv=None):
                                    config.seed)
         accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_images,
                                         test_digits, seed=config.seed, classifier=judge)
-        write_metrics(vae, test_pairs, LOSS_SCALE, config,
+        write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_images),
                       extra={"conditional_accuracy": accuracy})
         stopwatch.lap("evaluation")
         save_figures(vae, test_images, test_digits, test_z_mean, class_names, config)

@@ -356,7 +356,7 @@ def main(argv=None):
         damaged_quality = image_quality(test_damaged, test_images)
         restored_quality = image_quality(restored, test_images)
         restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
-        metrics = write_metrics(vae, test_pairs, LOSS_SCALE, config,
+        metrics = write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_images),
                                 extra={"restoration": restoration})
         psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
         print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "

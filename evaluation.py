@@ -43,12 +43,13 @@ def evaluate_per_image(vae, dataset):
     }
 
 
-def write_metrics(vae, test_pairs, loss_scale, config, extra=None):
+def write_metrics(vae, test_pairs, loss_scale, config, train_count, extra=None):
     """Writes metrics.json into `config.output_dir` and prints its headline:
     the final training loss on the chapter's own scale, the test loss per
     image (comparable across chapters) and the log-likelihood bound.
     `test_pairs` are the test (inputs, targets) as the model takes them;
-    `extra` adds a chapter's entries."""
+    `train_count` is how many images it trained on (a --data-dir may have
+    fewer than --train-samples); `extra` adds a chapter's entries."""
     history = read_history(config.output_dir / "history.csv")
     metrics = {
         # Exact sums over the test images divided by their number. The last
@@ -60,7 +61,8 @@ def write_metrics(vae, test_pairs, loss_scale, config, extra=None):
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
         "beta": vae.beta,  # loss = reconstruction + beta * KL
-        "final_train_loss_per_image": _per_image(vae, history, config),
+        "final_train_loss_per_image": _per_image(vae, history, train_count,
+                                                 config.batch_size),
         "epochs_trained": len(history["loss"]),
         **(extra or {}),
     }
@@ -87,7 +89,7 @@ def _test_likelihood(vae, test_pairs, config):
             "samples": config.iwae_samples, "images": count}
 
 
-def _per_image(vae, history, config):
+def _per_image(vae, history, train_count, batch_size):
     """The last epoch's training loss per image.
 
     An epoch's value is the average over its batches. A term summed over each
@@ -96,9 +98,9 @@ def _per_image(vae, history, config):
     each batch is taken as it is: exact when every batch is full, otherwise
     off by the short last batch's small weight.
     """
-    batches = math.ceil(config.train_samples / config.batch_size)
+    batches = math.ceil(train_count / batch_size)
     per_image = {"mean": lambda value: value,
-                 "sum": lambda value: value * batches / config.train_samples}
+                 "sum": lambda value: value * batches / train_count}
     return float(per_image[vae.reconstruction_reduction](history["reconstruction_loss"][-1])
                  + vae.beta * per_image[vae.kl_reduction](history["kl_loss"][-1]))
 

@@ -17,7 +17,7 @@ import digit_classifier
 import errors
 import image_data
 from image_data import ImageFolderError, load_image_folder
-from runs import load_class_names, load_trained_model
+from runs import load_class_names, load_trained_model, read_history
 
 
 def load(folder, size=32, channels=3, fraction=0.25, seed=0, train=1000, test=1000,
@@ -222,6 +222,12 @@ def test_a_chapter_trains_on_a_folder_draws_and_reloads(chapter, size, channels,
         assert (output_dir / figure).stat().st_size > 5_000
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["test_per_image"]["loss"])
+    if chapter is cvae_embedding:
+        # Summed over each batch: per image over the 90 images trained on
+        # (3 batches of at most 32), not over --train-samples' 60,000.
+        history = read_history(output_dir / "history.csv")
+        assert metrics["final_train_loss_per_image"] == pytest.approx(
+            history["loss"][-1] * 3 / 90, rel=1e-6)
     reloaded = load_trained_model(output_dir, chapter.__name__)
     z = np.random.default_rng(0).standard_normal((3, vae.latent_dim)).astype("float32")
     # --explore on the run: a window pretended, the explorer itself is real.
