@@ -11,7 +11,7 @@ import pytest
 
 import cvae_onehot
 import denoising_vae
-from image_data import load_mnist_images, make_dataset
+from image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
 from runs import precision
 from training_loops import kl_divergence, reconstruction_loss
 
@@ -36,13 +36,13 @@ def posterior_mean_losses(vae, inputs, targets):
 def test_bfloat16_gives_the_float32_losses_of_a_trained_model(chapter, small_mnist):
     build, inputs_and_targets, _ = CHAPTERS[chapter]
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(1024, 64)
-    full = build()
+    full = build(IMAGE_SHAPE)
     full.compile(optimizer=keras.optimizers.Adam(2e-3))
     # One short epoch takes the outputs near 0 and 1, where rounding matters.
     full.fit(make_dataset(*inputs_and_targets(train_images, train_digits), batch_size=64),
              shuffle=False, verbose=0)
     with precision(mixed=True):
-        mixed = build()
+        mixed = build(IMAGE_SHAPE)
     mixed.set_weights(full.get_weights())
     assert mixed.decoder.layers[-2].compute_dtype == "bfloat16"
     assert mixed.decoder.layers[-1].compute_dtype == "float32"  # the pixel logits
