@@ -38,7 +38,7 @@ from keras import layers
 from errors import run_main
 from evaluation import write_metrics
 from hyperparameters import parse_hyperparameters
-from image_data import IMAGE_SHAPE, load_images, make_dataset
+from image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
 from runs import load_run_config, load_trained_model, precision, start_run
 from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
                             train)
@@ -89,7 +89,9 @@ OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "denoising_vae"  # wh
 # Each corruption takes float images in [0, 1] of shape (n, height, width, 1)
 # and a NumPy random generator, and returns damaged images of the same shape,
 # dtype and range. The damage is done once, before training, so every epoch
-# sees the same (damaged, clean) pairs, as in the reference.
+# sees the same (damaged, clean) pairs, as in the reference. (Images read from
+# disk as training goes are damaged as they are read, each the same way in
+# every epoch.)
 
 
 def blur(images, rng=None):
@@ -146,9 +148,25 @@ CORRUPTIONS = {
 }
 
 
-def corrupt(images, corruption, seed):
-    """Damages `images` with the named corruption, drawing from `seed`."""
-    return CORRUPTIONS[corruption](images, np.random.default_rng(seed))
+def corrupt(images, corruption, seed, first_index=0):
+    """Damages `images` with the named corruption.
+
+    A random corruption draws each image's damage from a generator of its
+    own, seeded with `seed` and the image's place among the images
+    (`first_index` for the first one given): an image is damaged alike
+    whether it is damaged with all the others before training or alone as it
+    is read from disk (ImageFiles: a folder too large to hold in memory).
+    """
+    if isinstance(images, ImageFiles):
+        return images.damaged(lambda image, index: corrupt(image, corruption, seed, index))
+    damage = CORRUPTIONS[corruption]
+    if damage is blur:  # the same for every image: all at once
+        return blur(images)
+    damaged = np.empty_like(images)
+    for place in range(len(images)):
+        image_rng = np.random.default_rng([seed, first_index + place])
+        damaged[place] = damage(images[place:place + 1], image_rng)[0]
+    return damaged
 
 
 def inputs_and_targets(images, corruption, seed):

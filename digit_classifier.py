@@ -26,8 +26,8 @@ from keras import layers, ops
 
 from errors import RunError, run_main
 from hyperparameters import OneLineErrorParser
-from image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, load_mnist_images,
-                        make_dataset, resize_images)
+from image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, images_at_size,
+                        load_mnist_images, make_dataset, resize_images)
 from mnist import keras_datasets_dir
 from runs import atomic_path, make_reproducible
 
@@ -152,12 +152,11 @@ def with_blurred_copies(images, labels):
 def classifier_for_run(data_dir, train_images, train_labels, class_count, seed):
     """The classifier that judges a run's samples: the shipped digit
     classifier for MNIST (no `data_dir`); for a folder, one trained on the
-    run's training images (see `build_folder_classifier`), loaded from
-    CLASSIFIER_CACHE when the same images have been seen before."""
+    run's training images, held or ImageFiles (see `build_folder_classifier`),
+    loaded from CLASSIFIER_CACHE when the same images have been seen before."""
     if not data_dir:
         return load_digit_classifier()
-    images = resize_images(train_images[:FOLDER_CLASSIFIER_IMAGES], FOLDER_CLASSIFIER_SIZE,
-                           train_images.shape[-1])
+    images = images_at_size(train_images[:FOLDER_CLASSIFIER_IMAGES], FOLDER_CLASSIFIER_SIZE)
     labels = train_labels[:FOLDER_CLASSIFIER_IMAGES].astype("int64")
     digest = hashlib.sha256()
     for array in (images, labels):

@@ -1,5 +1,6 @@
-"""The chapters' data: MNIST or a folder of the user's images as floats, and
-`tf.data` pipelines.
+"""The chapters' data: MNIST or a folder of the user's images as floats (or,
+too many to hold in memory, as `ImageFiles` read from disk), and `tf.data`
+pipelines.
 
 Plumbing, not part of the lesson. What a chapter pairs as model inputs and
 targets (image and label, damaged and clean image) is written in the chapter.
@@ -14,14 +15,16 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import PIL.Image
 import tensorflow as tf
 
 from errors import RunError
 from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
-__all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFolderError", "ShuffleByEpoch",
-           "images_to_float", "load_image_folder", "load_images", "load_mnist_images",
-           "make_dataset", "resize_images"]
+__all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
+           "ShuffleByEpoch", "images_at_size", "images_to_float", "load_image_folder",
+           "load_images", "load_mnist_images", "make_dataset", "read_image_file",
+           "resize_images"]
 
 DIGIT_NAMES = [str(digit) for digit in range(NUM_CLASSES)]  # MNIST's classes, by name
 
@@ -88,6 +91,14 @@ def resize_images(images, image_size, channels, images_per_call=2048):
             else np.zeros((0, image_size, image_size, channels), "float32"))
 
 
+def images_at_size(images, image_size):
+    """An array of images, or ImageFiles (read at that size), as an array of
+    images `image_size` pixels square."""
+    if isinstance(images, ImageFiles):
+        return images.resized(image_size).load()
+    return resize_images(images, image_size, images.shape[-1])
+
+
 # ---------------------------------------------------------------------------
 # A folder of the user's own images
 # ---------------------------------------------------------------------------
@@ -113,35 +124,61 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
     averaging the pixels each new pixel covers ("area": photos are mostly
     shrunk). At most `train_samples` and `test_samples` images of each split
     are used.
+
+    Training images too many to hold in memory come back as `ImageFiles`,
+    read from disk as training needs them; the test images are always held.
     """
     _check_folder_layout(data_dir, classes_needed)
+    (train_paths, train_labels), (test_paths, test_labels), class_names = _split_folder(
+        data_dir, classes_needed, test_fraction, seed)
+    train_files = ImageFiles(train_paths[:train_samples], image_size, channels)
+    test_files = ImageFiles(test_paths[:test_samples], image_size, channels)
+    stream = _must_stream(train_files, test_files)
+    print(f"Found {len(train_paths) + len(test_paths):,} images"
+          + (f" of {len(class_names)} classes ({_names_text(class_names)})"
+             if class_names else "")
+          + f" in {data_dir}: training on {len(train_files):,}, testing on {len(test_files):,}."
+          + (f" The training images need {_size_text(train_files.nbytes)} as float32, too "
+             "much to hold: each batch is read from disk as training needs it." if stream
+             else ""),
+          flush=True)
+    if stream:
+        _check_images_open(train_files.paths, data_dir)
+    train_images = train_files if stream else _load(train_files, data_dir)
+    return ((train_images, train_labels[:len(train_files)]),
+            (_load(test_files, data_dir), test_labels[:len(test_files)]), class_names)
+
+
+def _split_folder(data_dir, classes_needed, test_fraction, seed):
+    """The paths and labels of the training and test images, as Keras'
+    loader splits `data_dir` with `seed`, and the class names."""
     try:
-        # Read in colour, which every format decodes to (TensorFlow reads no
-        # BMP as grey); `_as_arrays` turns it grey if asked. The loader's
-        # remarks on the split are kept quiet: the line printed below says it.
+        # Keras indexes the folder and splits it; the images are read by
+        # ImageFiles. The loader's remarks are kept quiet: the line printed by
+        # `load_image_folder` says what it found.
         with contextlib.redirect_stdout(io.StringIO()):
-            train_split, test_split = keras.utils.image_dataset_from_directory(
+            splits = keras.utils.image_dataset_from_directory(
                 data_dir, labels="inferred" if classes_needed else None, label_mode="int",
-                color_mode="rgb", batch_size=None, image_size=(image_size, image_size),
-                crop_to_aspect_ratio=True, interpolation="area", shuffle=True, seed=seed,
-                validation_split=test_fraction, subset="both", verbose=False)
+                batch_size=None, shuffle=True, seed=seed, validation_split=test_fraction,
+                subset="both", verbose=False)
     except ValueError:  # a split left empty: too few images
         found = _count_images(data_dir)
         raise ImageFolderError(
             f"--data-dir {data_dir} has too few images ({found}) to hold out "
             f"--test-fraction {test_fraction} of them as test images and train on the rest: "
             "add images, or change --test-fraction") from None
-    class_names = train_split.class_names if classes_needed else None
-    train_count = min(train_samples, len(train_split.file_paths))
-    test_count = min(test_samples, len(test_split.file_paths))
-    _check_fits_in_memory(train_count + test_count, image_size, channels)
-    print(f"Found {len(train_split.file_paths) + len(test_split.file_paths):,} images"
-          + (f" of {len(class_names)} classes ({_names_text(class_names)})"
-             if class_names else "")
-          + f" in {data_dir}: training on {train_count:,}, testing on {test_count:,}.",
-          flush=True)
-    return (_as_arrays(train_split, train_count, channels, data_dir),
-            _as_arrays(test_split, test_count, channels, data_dir), class_names)
+    class_names = splits[0].class_names if classes_needed else None
+    return (*((split.file_paths, _labels_of(split.file_paths, data_dir, class_names))
+              for split in splits), class_names)
+
+
+def _labels_of(paths, data_dir, class_names):
+    """Each image's class: the index of its class folder in `class_names`
+    (all 0 where the classes are ignored)."""
+    if not class_names:
+        return np.zeros(len(paths), "int64")
+    return np.array([class_names.index(Path(path).relative_to(data_dir).parts[0])
+                     for path in paths], "int64")
 
 
 def _check_folder_layout(data_dir, classes_needed):
@@ -221,17 +258,32 @@ def _first_line(error):
     return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
-def _check_fits_in_memory(image_count, image_size, channels, share_of_memory=0.5):
-    """Refuses, in one line, images that would take more than half of the
-    memory still free as float32 arrays."""
-    needed = image_count * image_size * image_size * channels * 4
+# A training run holds its images about twice (the arrays, and tf.data's copy
+# of them), and the denoiser its damaged copies too: training images that
+# would take more than this share of the free memory are streamed from disk.
+SHARE_OF_FREE_MEMORY = 0.25
+
+
+def _must_stream(train_files, test_files):
+    """Whether the training images are to be read from disk as training
+    needs them: they would take more than SHARE_OF_FREE_MEMORY of the free
+    memory. The test images are always held; refused if they do not fit."""
     free = _free_memory()
-    if free is not None and needed > share_of_memory * free:
+    if free is None:
+        return False
+    if test_files.nbytes > SHARE_OF_FREE_MEMORY * free:
+        size, channels = test_files.shape[2:]
         raise ImageFolderError(
-            f"{image_count:,} images of {image_size}x{image_size}x{channels} need "
-            f"{needed / 2**30:.1f} GiB as float32, more than half of the "
-            f"{free / 2**30:.1f} GiB free: use fewer (--train-samples) or smaller "
+            f"{len(test_files):,} test images of {size}x{size}x{channels} need "
+            f"{_size_text(test_files.nbytes)} as float32, more than a quarter of the "
+            f"{_size_text(free)} free: test on fewer (--test-samples) or smaller "
             "(--image-size) images")
+    return train_files.nbytes + test_files.nbytes > SHARE_OF_FREE_MEMORY * free
+
+
+def _size_text(byte_count):
+    return (f"{byte_count / 2**30:.1f} GiB" if byte_count >= 2**30
+            else f"{byte_count / 2**20:.1f} MiB")
 
 
 def _free_memory():
@@ -248,24 +300,28 @@ def _free_memory():
     return None
 
 
-def _as_arrays(split, count, channels, data_dir, images_per_batch=256):
-    """The first `count` (image, label) pairs of a split as float32 images in
-    [0, 1] with `channels` channels, and int labels (0 where the folder's
-    classes are ignored)."""
-    images, labels = [], []
+def _load(files, data_dir):
+    """All of `files` as an array, or an ImageFolderError naming the first
+    image that cannot be read."""
     try:
-        for batch in split.take(count).batch(images_per_batch):
-            batch_images, batch_labels = batch if isinstance(batch, tuple) else (batch, None)
-            colour = batch_images.numpy() / np.float32(255.0)
-            images.append(resize_images(colour, colour.shape[1], channels))
-            labels.append(np.zeros(len(batch_images), "int64") if batch_labels is None
-                          else batch_labels.numpy())
+        return files.load()
     except tf.errors.OpError:  # an image that does not decode
-        # The loader's shuffle may have read any of the split's files.
-        _raise_for_unreadable_image(split.file_paths, data_dir)
+        _raise_for_unreadable_image(files.paths, data_dir)
         raise
-    # Keras' loader refuses an empty split, so there is at least one batch.
-    return np.concatenate(images), np.concatenate(labels)
+
+
+def _check_images_open(paths, data_dir):
+    """Refuses, naming it, an image whose header Pillow cannot read: a
+    streamed run checks this before training rather than fail in the middle
+    of an epoch. (Reading every image in full would cost an epoch's time.)"""
+    for path in paths:
+        try:
+            with PIL.Image.open(path):
+                pass
+        except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for bad files
+            raise ImageFolderError(
+                f"cannot read the image {path} in --data-dir {data_dir} "
+                f"({_first_line(error)}): remove it, or save it again as PNG or JPEG") from None
 
 
 def _raise_for_unreadable_image(paths, data_dir):
@@ -279,6 +335,86 @@ def _raise_for_unreadable_image(paths, data_dir):
                 f"cannot read the image {path} in --data-dir {data_dir} "
                 f"({_first_line(error.message)}): remove it, or save it again as PNG "
                 "or JPEG") from None
+
+
+def read_image_file(path, image_size, channels):
+    """One image file (a string tensor) as float32 (image_size, image_size,
+    channels) in [0, 1], the way Keras' image loader reads it: decoded in
+    colour, which every format decodes to (TensorFlow reads no BMP as grey),
+    cropped to its centred square and resized by "area"; then grey, if asked,
+    as the luminance."""
+    image = tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = keras.preprocessing.image.smart_resize(image, (image_size, image_size),
+                                                   interpolation="area") / 255.0
+    if channels == 1:
+        image = tf.image.rgb_to_grayscale(image)
+    image.set_shape((image_size, image_size, channels))
+    return image
+
+
+class ImageFiles:
+    """Image files, read from disk when their pixels are needed: the training
+    images of a folder too large to hold in memory.
+
+    Where a run expects an array of training images it can take ImageFiles:
+    they have a `len` and a `shape`, slice (`files[:100]` are ImageFiles too),
+    `load()` into an array, and `make_dataset` reads each image as a batch
+    needs it. `damaged(damage)` are the same files, each damaged as it is
+    read by `damage(image[np.newaxis], index)`, index the image's place
+    among the files.
+    """
+
+    def __init__(self, paths, image_size, channels, damage=None):
+        self.paths = list(paths)
+        self.image_size = image_size
+        self.channels = channels
+        self.damage = damage
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def shape(self):
+        return (len(self), self.image_size, self.image_size, self.channels)
+
+    @property
+    def nbytes(self):
+        """What the images take as float32 arrays."""
+        return int(np.prod(self.shape)) * 4
+
+    def __getitem__(self, selection):
+        if not isinstance(selection, slice) or self.damage:
+            raise TypeError("ImageFiles are sliced (files[:100]); load() reads them")
+        return ImageFiles(self.paths[selection], self.image_size, self.channels)
+
+    def damaged(self, damage):
+        return ImageFiles(self.paths, self.image_size, self.channels, damage)
+
+    def resized(self, image_size):
+        return ImageFiles(self.paths, image_size, self.channels, self.damage)
+
+    def read(self, path, index):
+        """The image at `path` (a string tensor), `index` among the files, as
+        float32 (image_size, image_size, channels), damaged if so made."""
+        image = read_image_file(path, self.image_size, self.channels)
+        if self.damage:
+            image = tf.numpy_function(lambda pixels, place: self.damage(pixels[np.newaxis],
+                                                                        int(place))[0],
+                                      [image, index], "float32", stateful=False)
+            image.set_shape(self.shape[1:])
+        return image
+
+    def load(self, images_per_batch=256):
+        """All the images, as a float32 array of `shape`."""
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (self.paths, tf.range(len(self), dtype="int64")))
+        dataset = dataset.map(self.read, num_parallel_calls=PARALLEL_READS)
+        batches = [batch.numpy() for batch in dataset.batch(images_per_batch)]
+        return np.concatenate(batches) if batches else np.zeros(self.shape, "float32")
+
+
+# Images decoded at once: as many as the machine has cores, up to 8.
+PARALLEL_READS = min(8, os.cpu_count() or 1)
 
 
 # The epoch `fit` is in, counted from 0. A shuffled dataset reads it as each
@@ -297,35 +433,19 @@ class ShuffleByEpoch(keras.callbacks.Callback):
 
 
 def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
-    """A batched `tf.data` pipeline of (inputs, targets) pairs.
+    """A batched `tf.data` pipeline of (inputs, targets) pairs: arrays, or
+    `ImageFiles` of the same files, read as each batch needs them.
 
     With `shuffle_buffer`, each epoch is shuffled with a seed drawn from
     `seed` and the epoch's number (see `ShuffleByEpoch`), so the same seed
-    gives the same sequence of batches, also across an interruption.
+    gives the same sequence of batches, also across an interruption, and
+    whether the images are held or read from disk.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
+    dataset, read_files = _slices((inputs, targets))
     if shuffle_buffer:
-        pairs = dataset
-        seed = 0 if seed is None else seed
-
-        def one_epoch(_):
-            # tf.data mixes an operation's seed with the graph's; fixing the
-            # graph's seed here leaves the order to `seed` and the epoch alone
-            # (and keeps TensorFlow from testing a tensor seed with Python's
-            # `==` when the global seed is 0).
-            tf.compat.v1.set_random_seed(1)
-            epoch_seed = tf.random.stateless_uniform(
-                [], seed=tf.stack([tf.constant(seed, "int64"), _current_epoch]),
-                minval=0, maxval=2**31 - 1, dtype="int64")
-            return pairs.shuffle(shuffle_buffer, seed=epoch_seed,
-                                 reshuffle_each_iteration=False)
-
-        # A dataset of one element whose pass is the shuffled pairs: the
-        # function runs, and reads the epoch, each time `fit` starts a pass.
-        dataset = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
-        # flat_map hides how many pairs there are; `fit` needs it to count
-        # the steps of an epoch.
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(pairs)))
+        dataset = _shuffled_by_epoch(dataset, shuffle_buffer, 0 if seed is None else seed)
+    if read_files:
+        dataset = dataset.map(read_files, num_parallel_calls=PARALLEL_READS)
     # One batch is made ready while the model trains on the previous one.
     dataset = dataset.batch(batch_size).prefetch(1)
     # tf.data's autotuner is switched off: slicing arrays held in memory needs
@@ -335,3 +455,50 @@ def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
+
+
+def _slices(pairs):
+    """A dataset of the pairs' slices, and None; or, where some of them are
+    ImageFiles, a dataset of (path, index, the arrays' slices) and the
+    function that reads the files into their places."""
+    leaves = tf.nest.flatten(pairs)
+    files = [leaf for leaf in leaves if isinstance(leaf, ImageFiles)]
+    if not files:
+        return tf.data.Dataset.from_tensor_slices(pairs), None
+    if any(other.paths != files[0].paths for other in files[1:]):
+        raise ValueError("make_dataset reads one set of ImageFiles, damaged or not")
+    arrays = [leaf for leaf in leaves if not isinstance(leaf, ImageFiles)]
+    slices = (files[0].paths, tf.range(len(files[0]), dtype="int64"), tuple(arrays))
+
+    def read_files(path, index, array_slices):
+        array_slices = iter(array_slices)
+        return tf.nest.pack_sequence_as(pairs, [
+            leaf.read(path, index) if isinstance(leaf, ImageFiles) else next(array_slices)
+            for leaf in leaves])
+
+    return tf.data.Dataset.from_tensor_slices(slices), read_files
+
+
+def _shuffled_by_epoch(elements, shuffle_buffer, seed):
+    """`elements` in an order drawn anew each epoch from `seed` and the
+    epoch's number. The order depends on how many elements there are, not on
+    what they are: arrays and the paths of the same images go alike."""
+
+    def one_epoch(_):
+        # tf.data mixes an operation's seed with the graph's; fixing the
+        # graph's seed here leaves the order to `seed` and the epoch alone
+        # (and keeps TensorFlow from testing a tensor seed with Python's
+        # `==` when the global seed is 0).
+        tf.compat.v1.set_random_seed(1)
+        epoch_seed = tf.random.stateless_uniform(
+            [], seed=tf.stack([tf.constant(seed, "int64"), _current_epoch]),
+            minval=0, maxval=2**31 - 1, dtype="int64")
+        return elements.shuffle(shuffle_buffer, seed=epoch_seed,
+                                reshuffle_each_iteration=False)
+
+    # A dataset of one element whose pass is the shuffled elements: the
+    # function runs, and reads the epoch, each time `fit` starts a pass.
+    dataset = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
+    # flat_map hides how many elements there are; `fit` needs it to count
+    # the steps of an epoch.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(elements)))

@@ -76,6 +76,19 @@ def test_the_first_images_are_damaged_alike_however_many_are_damaged(digits, cor
     np.testing.assert_array_equal(few, many[:10])
 
 
+@pytest.mark.parametrize("corruption", sorted(denoising_vae.CORRUPTIONS))
+def test_an_image_is_damaged_alone_as_it_is_among_all(digits, corruption):
+    # A folder too large to hold is damaged image by image as it is read.
+    alone = [denoising_vae.corrupt(digits[index:index + 1], corruption, seed=3,
+                                   first_index=index) for index in (0, 41, 99)]
+    together = denoising_vae.corrupt(digits, corruption, seed=3)
+    np.testing.assert_array_equal(np.concatenate(alone), together[[0, 41, 99]])
+    if corruption != "blur":  # each image's own draw: none is damaged like another
+        assert not np.array_equal(denoising_vae.corrupt(digits[:1], corruption, seed=3),
+                                  denoising_vae.corrupt(digits[:1], corruption, seed=3,
+                                                        first_index=1))
+
+
 @pytest.mark.parametrize("size, channels, square", [(28, 1, 10), (56, 1, 20), (64, 3, 23)])
 def test_occlusion_blanks_one_square_of_the_same_share_of_the_side(size, channels, square):
     ones = np.ones((50, size, size, channels), "float32")

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import cvae_embedding
 import cvae_onehot
@@ -16,7 +17,8 @@ import denoising_vae
 import digit_classifier
 import errors
 import image_data
-from image_data import ImageFolderError, load_image_folder
+from image_data import (ImageFiles, ImageFolderError, images_at_size, load_image_folder,
+                        make_dataset)
 from runs import load_class_names, load_trained_model, read_history
 
 
@@ -142,10 +144,80 @@ def test_the_denoiser_refuses_a_folder_without_images(tmp_path):
         load(folder, classes_needed=0)
 
 
-def test_images_that_would_not_fit_in_memory_are_refused(shapes_folder, monkeypatch):
+def test_test_images_that_would_not_fit_in_memory_are_refused(shapes_folder, monkeypatch):
     monkeypatch.setattr(image_data, "_free_memory", lambda: 2**20)  # 1 MiB free
-    with pytest.raises(ImageFolderError, match=r"120 images of 64x64x3 need 0\.0 GiB"):
+    with pytest.raises(ImageFolderError, match=r"30 test images of 64x64x3 need 1\.4 MiB as "
+                                               r"float32, more than a quarter of the 1\.0 MiB"):
         load(shapes_folder, size=64)
+
+
+# Free memory (3 MB) in which the shapes' 30 test images at 32x32x3 (0.4 MB)
+# fit and their 90 training images (1.1 MB) too, but not both within the
+# quarter of it that a folder's images may take.
+LITTLE_MEMORY = 3_000_000
+
+
+def test_training_images_too_many_to_hold_are_read_from_disk(shapes_folder, monkeypatch,
+                                                             capsys):
+    (held, held_labels), (held_test, _), _ = load(shapes_folder)
+    monkeypatch.setattr(image_data, "_free_memory", lambda: LITTLE_MEMORY)
+    (streamed, labels), (test, _), names = load(shapes_folder)
+    assert "each batch is read from disk" in capsys.readouterr().out
+    assert isinstance(streamed, ImageFiles) and streamed.shape == (90, 32, 32, 3)
+    assert isinstance(test, np.ndarray) and names == ["circle", "square", "triangle"]
+    # The same split, the same pixels, read from the files when asked.
+    np.testing.assert_array_equal(streamed.load(), held)
+    np.testing.assert_array_equal(labels, held_labels)
+    np.testing.assert_array_equal(test, held_test)
+    assert streamed[:10].load().shape == (10, 32, 32, 3)
+    # At another size (the judge's): read at that size from the files, so a
+    # little apart from the held images resized, where edges fall.
+    small_streamed, small_held = images_at_size(streamed, 16), images_at_size(held, 16)
+    assert small_streamed.shape == small_held.shape == (90, 16, 16, 3)
+    assert np.abs(small_streamed - small_held).mean() < 0.02
+
+
+def each_chapters_pairs():
+    return {
+        "cvae_onehot": lambda images, labels: cvae_onehot.inputs_and_targets(images, labels, 3),
+        "cvae_embedding": cvae_embedding.inputs_and_targets,
+        "denoising_vae-blur": lambda images, _: denoising_vae.inputs_and_targets(
+            images, "blur", 7),
+        "denoising_vae-noise": lambda images, _: denoising_vae.inputs_and_targets(
+            images, "noise", 7),
+    }
+
+
+@pytest.mark.parametrize("pairing", sorted(each_chapters_pairs()))
+def test_streamed_batches_are_the_batches_held_in_memory(pairing, shapes_folder, monkeypatch):
+    """Epoch by epoch, shuffled by the seed and the epoch alone: a streamed
+    run trains on what a run holding its images trains on (and a resumed
+    one on what an uninterrupted one does), damage included."""
+    pairs = each_chapters_pairs()[pairing]
+    held = load(shapes_folder)[0]
+    monkeypatch.setattr(image_data, "_free_memory", lambda: LITTLE_MEMORY)
+    streamed = load(shapes_folder)[0]
+    held_data, streamed_data = (make_dataset(*pairs(*split), 32, shuffle_buffer=90, seed=5)
+                                for split in (held, streamed))
+    for epoch in (0, 1, 0):
+        image_data.ShuffleByEpoch().on_epoch_begin(epoch)
+        batches = list(zip(held_data, streamed_data))
+        assert len(batches) == 3
+        for held_batch, streamed_batch in batches:
+            for held_part, streamed_part in zip(tf.nest.flatten(held_batch),
+                                                tf.nest.flatten(streamed_batch)):
+                np.testing.assert_array_equal(streamed_part, held_part)
+    assert not np.array_equal(next(iter(held_data))[1], held[0][:32])  # shuffled
+
+
+def test_a_streamed_image_that_cannot_be_opened_is_named_before_training(
+        tmp_path, shapes_folder, monkeypatch):
+    folder = tmp_path / "shapes"
+    shutil.copytree(shapes_folder, folder)
+    (folder / "square" / "broken.png").write_bytes(b"not an image")
+    monkeypatch.setattr(image_data, "_free_memory", lambda: LITTLE_MEMORY)
+    with pytest.raises(ImageFolderError, match=r"cannot read the image .*broken\.png"):
+        load(folder)
 
 
 def test_a_bad_folder_ends_a_chapter_run_with_one_line(tmp_path, capsys):
@@ -290,3 +362,38 @@ def test_a_resume_on_other_classes_is_refused(tmp_path, shapes_folder, quick_cla
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "are not those of the interrupted run" in error and "box" in error
+
+
+@pytest.mark.parametrize("chapter, flags", [(cvae_onehot, []),
+                                            (denoising_vae, ["--corruption", "noise"])],
+                         ids=["cvae_onehot", "denoising_vae-noise"])
+def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
+        chapter, flags, tmp_path, shapes_folder, quick_classifier, without_figures,
+        monkeypatch, capsys):
+    from runs import AllOrNothingBackup
+
+    def backup_then_stop(callback):
+        original(callback)
+        raise KeyboardInterrupt
+
+    original = AllOrNothingBackup._save_model
+    run = ["--data-dir", str(shapes_folder), "--image-size", "32", "--channels", "3",
+           *FOLDER_RUN, "--epochs", "2", *flags]
+    chapter.main([*run, "--output-dir", str(tmp_path / "held")])
+    monkeypatch.setattr(image_data, "_free_memory", lambda: LITTLE_MEMORY)
+    streamed = ["--output-dir", str(tmp_path / "streamed")]
+    with pytest.MonkeyPatch.context() as interrupt:  # after epoch 1's backup
+        interrupt.setattr(AllOrNothingBackup, "_save_model", backup_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            chapter.main([*run, *streamed])
+    chapter.main([*run, *streamed, "--resume"])
+    assert capsys.readouterr().out.count("each batch is read from disk") == 2
+    held_history = read_history(tmp_path / "held" / "history.csv")
+    streamed_history = read_history(tmp_path / "streamed" / "history.csv")
+    assert len(streamed_history["loss"]) == 2
+    np.testing.assert_allclose(streamed_history["loss"], held_history["loss"], rtol=1e-5)
+    held_metrics, streamed_metrics = (
+        json.loads((tmp_path / run_dir / "metrics.json").read_text())
+        for run_dir in ("held", "streamed"))
+    assert streamed_metrics["test_per_image"]["loss"] == pytest.approx(
+        held_metrics["test_per_image"]["loss"], rel=1e-5)
