@@ -15,7 +15,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import PIL.Image
 import tensorflow as tf
 
 from errors import RunError
@@ -43,7 +42,8 @@ def load_images(config, classes_needed=2):
                                    config.image_size, config.channels), DIGIT_NAMES)
     return load_image_folder(Path(config.data_dir), config.image_size, config.channels,
                              config.test_fraction, config.seed, config.train_samples,
-                             config.test_samples, classes_needed)
+                             config.test_samples, classes_needed,
+                             stream=getattr(config, "stream_from_disk", False))
 
 
 def images_to_float(images):
@@ -114,7 +114,7 @@ class ImageFolderError(RunError):
 
 
 def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
-                      train_samples, test_samples, classes_needed=2):
+                      train_samples, test_samples, classes_needed=2, stream=False):
     """The images of `data_dir` as `load_images` returns them.
 
     Keras' `image_dataset_from_directory` finds the images and their classes
@@ -125,25 +125,27 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
     shrunk). At most `train_samples` and `test_samples` images of each split
     are used.
 
-    Training images too many to hold in memory come back as `ImageFiles`,
-    read from disk as training needs them; the test images are always held.
+    Training images too many to hold in memory, or all with `stream`, come
+    back as `ImageFiles`, read from disk as training needs them; the test
+    images are always held.
     """
     _check_folder_layout(data_dir, classes_needed)
     (train_paths, train_labels), (test_paths, test_labels), class_names = _split_folder(
         data_dir, classes_needed, test_fraction, seed)
     train_files = ImageFiles(train_paths[:train_samples], image_size, channels)
     test_files = ImageFiles(test_paths[:test_samples], image_size, channels)
-    stream = _must_stream(train_files, test_files)
+    too_many = _must_stream(train_files, test_files)
+    stream = stream or too_many
     print(f"Found {len(train_paths) + len(test_paths):,} images"
           + (f" of {len(class_names)} classes ({_names_text(class_names)})"
              if class_names else "")
-          + f" in {data_dir}: training on {len(train_files):,}, testing on {len(test_files):,}."
-          + (f" The training images need {_size_text(train_files.nbytes)} as float32, too "
-             "much to hold: each batch is read from disk as training needs it." if stream
-             else ""),
+          + f" in {data_dir}: training on {len(train_files):,}, testing on {len(test_files):,}.",
           flush=True)
     if stream:
-        _check_images_open(train_files.paths, data_dir)
+        why = (f"{_size_text(train_files.nbytes)} as float32, too much to hold" if too_many
+               else "--stream-from-disk")
+        print(f"Training reads each batch of images from disk as it needs it ({why}).")
+        _check_images_decode(train_files.paths, data_dir)
     train_images = train_files if stream else _load(train_files, data_dir)
     return ((train_images, train_labels[:len(train_files)]),
             (_load(test_files, data_dir), test_labels[:len(test_files)]), class_names)
@@ -310,18 +312,22 @@ def _load(files, data_dir):
         raise
 
 
-def _check_images_open(paths, data_dir):
-    """Refuses, naming it, an image whose header Pillow cannot read: a
-    streamed run checks this before training rather than fail in the middle
-    of an epoch. (Reading every image in full would cost an epoch's time.)"""
-    for path in paths:
-        try:
-            with PIL.Image.open(path):
-                pass
-        except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for bad files
-            raise ImageFolderError(
-                f"cannot read the image {path} in --data-dir {data_dir} "
-                f"({_first_line(error)}): remove it, or save it again as PNG or JPEG") from None
+def _check_images_decode(paths, data_dir, images_per_batch=1024):
+    """Decodes every image once, before training, and refuses the first that
+    does not decode, naming it, rather than fail in the middle of an epoch.
+    The pass costs about what an epoch spends reading."""
+    print(f"Checking that the {len(paths):,} training images decode...", flush=True)
+    files = tf.data.Dataset.from_tensor_slices((paths, tf.range(len(paths), dtype="int64")))
+    decoded = files.map(lambda path, index: (index, tf.image.decode_image(
+        tf.io.read_file(path), channels=3, expand_animations=False)), num_parallel_calls=PARALLEL_READS)
+    # A file that does not decode is left out; the indices left say which.
+    decoded_indices = decoded.map(lambda index, _: index).ignore_errors().batch(images_per_batch)
+    readable = np.zeros(len(paths), bool)
+    for indices in decoded_indices.as_numpy_iterator():
+        readable[indices] = True
+    if not readable.all():
+        _raise_for_unreadable_image([paths[index] for index in np.flatnonzero(~readable)[:1]],
+                                    data_dir)
 
 
 def _raise_for_unreadable_image(paths, data_dir):
