@@ -91,12 +91,17 @@ def resize_images(images, image_size, channels, images_per_call=2048):
             else np.zeros((0, image_size, image_size, channels), "float32"))
 
 
-def images_at_size(images, image_size):
-    """An array of images, or ImageFiles (read at that size), as an array of
-    images `image_size` pixels square."""
-    if isinstance(images, ImageFiles):
-        return images.resized(image_size).load()
-    return resize_images(images, image_size, images.shape[-1])
+def images_at_size(images, image_size, images_per_read=1000):
+    """An array of images, or ImageFiles, resized to `image_size` pixels
+    square. ImageFiles are read a thousand at a time, so that the images
+    come out as the same images held would, without holding them all."""
+    channels = images.shape[-1]
+    if not isinstance(images, ImageFiles):
+        return resize_images(images, image_size, channels)
+    return np.concatenate(
+        [resize_images(images[start:start + images_per_read].load(), image_size, channels)
+         for start in range(0, len(images), images_per_read)]
+        or [np.zeros((0, image_size, image_size, channels), "float32")])
 
 
 # ---------------------------------------------------------------------------
@@ -395,9 +400,6 @@ class ImageFiles:
 
     def damaged(self, damage):
         return ImageFiles(self.paths, self.image_size, self.channels, damage)
-
-    def resized(self, image_size):
-        return ImageFiles(self.paths, image_size, self.channels, self.damage)
 
     def read(self, path, index):
         """The image at `path` (a string tensor), `index` among the files, as

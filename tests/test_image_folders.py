@@ -171,11 +171,10 @@ def test_training_images_too_many_to_hold_are_read_from_disk(shapes_folder, monk
     np.testing.assert_array_equal(labels, held_labels)
     np.testing.assert_array_equal(test, held_test)
     assert streamed[:10].load().shape == (10, 32, 32, 3)
-    # At another size (the judge's): read at that size from the files, so a
-    # little apart from the held images resized, where edges fall.
-    small_streamed, small_held = images_at_size(streamed, 16), images_at_size(held, 16)
-    assert small_streamed.shape == small_held.shape == (90, 16, 16, 3)
-    assert np.abs(small_streamed - small_held).mean() < 0.02
+    # At another size (the judge's), read a few at a time: as the held ones.
+    small = images_at_size(streamed, 16, images_per_read=40)
+    assert small.shape == (90, 16, 16, 3)
+    np.testing.assert_array_equal(small, images_at_size(held, 16))
 
 
 def each_chapters_pairs():
@@ -375,3 +374,6 @@ def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
         for run_dir in ("held", "streamed"))
     assert streamed_metrics["test_per_image"]["loss"] == pytest.approx(
         held_metrics["test_per_image"]["loss"], rel=1e-5)
+    if chapter is cvae_onehot:  # judged by the same classifier, loaded from the cache
+        assert "Loaded the classifier trained on these images before" in output
+        assert streamed_metrics["conditional_accuracy"] == held_metrics["conditional_accuracy"]
