@@ -149,23 +149,23 @@ CORRUPTIONS = {
 }
 
 
-def corrupt(images, corruption, seed, first_index=0):
+def corrupt(images, corruption, seed, indices=None):
     """Damages `images` with the named corruption.
 
     A random corruption draws each image's damage from a generator of its
-    own, seeded with `seed` and the image's place among the images
-    (`first_index` for the first one given): an image is damaged alike
-    whether it is damaged with all the others before training or alone as it
+    own, seeded with `seed` and the image's place among all the images
+    (`indices`; 0, 1, 2, ... by default): an image is damaged alike whether
+    it is damaged with all the others before training or in a batch as it
     is read from disk (ImageFiles: a folder too large to hold in memory).
     """
     if isinstance(images, ImageFiles):
-        return images.damaged(lambda image, index: corrupt(image, corruption, seed, index))
+        return images.damaged(lambda batch, places: corrupt(batch, corruption, seed, places))
     damage = CORRUPTIONS[corruption]
     if damage is blur:  # the same for every image: all at once
         return blur(images)
     damaged = np.empty_like(images)
-    for place in range(len(images)):
-        image_rng = np.random.default_rng([seed, first_index + place])
+    for place, index in enumerate(range(len(images)) if indices is None else indices):
+        image_rng = np.random.default_rng([seed, index])
         damaged[place] = damage(images[place:place + 1], image_rng)[0]
     return damaged
 

@@ -370,9 +370,9 @@ class ImageFiles:
     Where a run expects an array of training images it can take ImageFiles:
     they have a `len` and a `shape`, slice (`files[:100]` are ImageFiles too),
     `load()` into an array, and `make_dataset` reads each image as a batch
-    needs it. `damaged(damage)` are the same files, each damaged as it is
-    read by `damage(image[np.newaxis], index)`, index the image's place
-    among the files.
+    needs it. `damaged(damage)` are the same files, each batch damaged as it
+    is read by `damage(images, indices)`, `indices` the images' places among
+    the files.
     """
 
     def __init__(self, paths, image_size, channels, damage=None):
@@ -401,23 +401,28 @@ class ImageFiles:
     def damaged(self, damage):
         return ImageFiles(self.paths, self.image_size, self.channels, damage)
 
-    def read(self, path, index):
-        """The image at `path` (a string tensor), `index` among the files, as
-        float32 (image_size, image_size, channels), damaged if so made."""
-        image = read_image_file(path, self.image_size, self.channels)
-        if self.damage:
-            image = tf.numpy_function(lambda pixels, place: self.damage(pixels[np.newaxis],
-                                                                        int(place))[0],
-                                      [image, index], "float32", stateful=False)
-            image.set_shape(self.shape[1:])
-        return image
+    def read(self, path):
+        """The image at `path` (a string tensor), as float32 (image_size,
+        image_size, channels)."""
+        return read_image_file(path, self.image_size, self.channels)
+
+    def finish(self, images, indices):
+        """A batch of images read, as these files give them: damaged if so
+        made (`indices`: their places among the files)."""
+        if not self.damage:
+            return images
+        damaged = tf.numpy_function(self.damage, [images, indices], "float32", stateful=False)
+        damaged.set_shape(images.shape)
+        return damaged
 
     def load(self, images_per_batch=256):
         """All the images, as a float32 array of `shape`."""
         dataset = tf.data.Dataset.from_tensor_slices(
             (self.paths, tf.range(len(self), dtype="int64")))
-        dataset = dataset.map(self.read, num_parallel_calls=PARALLEL_READS)
-        batches = [batch.numpy() for batch in dataset.batch(images_per_batch)]
+        dataset = dataset.map(lambda path, index: (self.read(path), index),
+                              num_parallel_calls=PARALLEL_READS)
+        batches = [self.finish(images, indices).numpy()
+                   for images, indices in dataset.batch(images_per_batch)]
         return np.concatenate(batches) if batches else np.zeros(self.shape, "float32")
 
 
@@ -449,13 +454,20 @@ def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
     gives the same sequence of batches, also across an interruption, and
     whether the images are held or read from disk.
     """
-    dataset, read_files = _slices((inputs, targets))
+    pairs = (inputs, targets)
+    files = [leaf for leaf in tf.nest.flatten(pairs) if isinstance(leaf, ImageFiles)]
+    dataset = (_file_slices(pairs, files) if files
+               else tf.data.Dataset.from_tensor_slices(pairs))
     if shuffle_buffer:
         dataset = _shuffled_by_epoch(dataset, shuffle_buffer, 0 if seed is None else seed)
-    if read_files:
-        dataset = dataset.map(read_files, num_parallel_calls=PARALLEL_READS)
+    if files:  # each image read by itself, in parallel; then damaged by the batch
+        dataset = dataset.map(lambda path, index, arrays: (files[0].read(path), index, arrays),
+                              num_parallel_calls=PARALLEL_READS)
+        dataset = dataset.batch(batch_size).map(lambda *batch: _pairs_of(pairs, *batch))
+    else:
+        dataset = dataset.batch(batch_size)
     # One batch is made ready while the model trains on the previous one.
-    dataset = dataset.batch(batch_size).prefetch(1)
+    dataset = dataset.prefetch(1)
     # tf.data's autotuner is switched off: slicing arrays held in memory needs
     # no tuning, and its background thread cost up to 20 s at the start of
     # some epochs (measured with TF 2.21 on 2 cores: `fit` waited for that
@@ -465,26 +477,23 @@ def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
     return dataset.with_options(options)
 
 
-def _slices(pairs):
-    """A dataset of the pairs' slices, and None; or, where some of them are
-    ImageFiles, a dataset of (path, index, the arrays' slices) and the
-    function that reads the files into their places."""
-    leaves = tf.nest.flatten(pairs)
-    files = [leaf for leaf in leaves if isinstance(leaf, ImageFiles)]
-    if not files:
-        return tf.data.Dataset.from_tensor_slices(pairs), None
+def _file_slices(pairs, files):
+    """(path, index, the arrays' slices) for each image of the one set of
+    ImageFiles among the pairs' parts."""
     if any(other.paths != files[0].paths for other in files[1:]):
         raise ValueError("make_dataset reads one set of ImageFiles, damaged or not")
-    arrays = [leaf for leaf in leaves if not isinstance(leaf, ImageFiles)]
-    slices = (files[0].paths, tf.range(len(files[0]), dtype="int64"), tuple(arrays))
+    arrays = tuple(leaf for leaf in tf.nest.flatten(pairs) if not isinstance(leaf, ImageFiles))
+    return tf.data.Dataset.from_tensor_slices(
+        (files[0].paths, tf.range(len(files[0]), dtype="int64"), arrays))
 
-    def read_files(path, index, array_slices):
-        array_slices = iter(array_slices)
-        return tf.nest.pack_sequence_as(pairs, [
-            leaf.read(path, index) if isinstance(leaf, ImageFiles) else next(array_slices)
-            for leaf in leaves])
 
-    return tf.data.Dataset.from_tensor_slices(slices), read_files
+def _pairs_of(pairs, images, indices, arrays):
+    """A batch of images read and the arrays' batches, put back in the places
+    they have in `pairs`, each ImageFiles giving the images its way."""
+    arrays = iter(arrays)
+    return tf.nest.pack_sequence_as(pairs, [
+        leaf.finish(images, indices) if isinstance(leaf, ImageFiles) else next(arrays)
+        for leaf in tf.nest.flatten(pairs)])
 
 
 def _shuffled_by_epoch(elements, shuffle_buffer, seed):

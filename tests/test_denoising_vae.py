@@ -77,16 +77,16 @@ def test_the_first_images_are_damaged_alike_however_many_are_damaged(digits, cor
 
 
 @pytest.mark.parametrize("corruption", sorted(denoising_vae.CORRUPTIONS))
-def test_an_image_is_damaged_alone_as_it_is_among_all(digits, corruption):
-    # A folder too large to hold is damaged image by image as it is read.
-    alone = [denoising_vae.corrupt(digits[index:index + 1], corruption, seed=3,
-                                   first_index=index) for index in (0, 41, 99)]
+def test_an_image_is_damaged_in_any_batch_as_among_all(digits, corruption):
+    # A folder too large to hold is damaged batch by batch as it is read.
+    places = [99, 0, 41]
+    batch = denoising_vae.corrupt(digits[places], corruption, seed=3, indices=places)
     together = denoising_vae.corrupt(digits, corruption, seed=3)
-    np.testing.assert_array_equal(np.concatenate(alone), together[[0, 41, 99]])
+    np.testing.assert_array_equal(batch, together[places])
     if corruption != "blur":  # each image's own draw: none is damaged like another
         assert not np.array_equal(denoising_vae.corrupt(digits[:1], corruption, seed=3),
                                   denoising_vae.corrupt(digits[:1], corruption, seed=3,
-                                                        first_index=1))
+                                                        indices=[1]))
 
 
 @pytest.mark.parametrize("size, channels, square", [(28, 1, 10), (56, 1, 20), (64, 3, 23)])
