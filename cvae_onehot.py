@@ -49,7 +49,7 @@ from visualization_utils import (
 # Data
 DATA_DIR = ""  # your own images instead of MNIST: a folder with one subfolder per class
 TEST_FRACTION = 0.1  # with DATA_DIR: the share of its images held out (seeded) for testing
-STREAM_FROM_DISK = False  # with DATA_DIR: read training images from disk as needed (automatic if too many)
+STREAM_FROM_DISK = False  # with DATA_DIR: read training images from disk (done if too many)
 TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000; of DATA_DIR, at most this many)
 TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000; of DATA_DIR, at most this many)
 IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)

@@ -323,8 +323,10 @@ def _check_images_decode(paths, data_dir, images_per_batch=1024):
     The pass costs about what an epoch spends reading."""
     print(f"Checking that the {len(paths):,} training images decode...", flush=True)
     files = tf.data.Dataset.from_tensor_slices((paths, tf.range(len(paths), dtype="int64")))
-    decoded = files.map(lambda path, index: (index, tf.image.decode_image(
-        tf.io.read_file(path), channels=3, expand_animations=False)), num_parallel_calls=PARALLEL_READS)
+    decoded = files.map(
+        lambda path, index: (index, tf.image.decode_image(
+            tf.io.read_file(path), channels=3, expand_animations=False)),
+        num_parallel_calls=PARALLEL_READS)
     # A file that does not decode is left out; the indices left say which.
     decoded_indices = decoded.map(lambda index, _: index).ignore_errors().batch(images_per_batch)
     readable = np.zeros(len(paths), bool)

@@ -29,11 +29,14 @@ With `--image-sizes`, it measures instead how the cost grows with the image
 (MNIST resized, the model grown as the chapters grow it): per model and
 size, (a) and (c) above, images per second and the peak memory of the
 process. Each (model, size) runs in a fresh Python process, so its peak
-memory is its own.
+memory is its own. With `--folder`, the sweep trains on a folder of images
+instead, once held in memory and once streamed from disk (what a run does
+with a folder too large to hold), to show what reading from disk costs.
 
     python benchmarks/benchmark.py              # about 15 minutes on 2 cores
     python benchmarks/benchmark.py --quick      # about 30 seconds, to check it works
     python benchmarks/benchmark.py --image-sizes 28 56 112 224 --precisions float32
+    python benchmarks/benchmark.py --image-sizes 64 --channels 3 --folder shapes
     python benchmarks/benchmark.py --models cvae_onehot --precisions float32 --jit-compile
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/benchmark.py --models cvae_onehot
 
@@ -65,7 +68,8 @@ import tensorflow as tf  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
-from image_data import load_mnist_images, make_dataset  # noqa: E402
+from image_data import (NUM_CLASSES, load_image_folder, load_mnist_images,  # noqa: E402
+                        make_dataset)
 from runs import make_reproducible, precision  # noqa: E402
 from training_loops import conv_filters, train  # noqa: E402
 
@@ -76,31 +80,33 @@ PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras polic
 
 
 class Chapter(NamedTuple):
-    # (image_shape) -> a fresh VAE, as the script builds it for that shape
+    # (image_shape, classes) -> a fresh VAE, as the script builds it for that
+    # shape and number of classes
     build: Callable
-    # (images, digits) -> (inputs, targets): the script's own pairing
+    # (images, digits, classes) -> (inputs, targets): the script's own pairing
     inputs_and_targets: Callable
     shuffle_buffer: int | None  # None: the whole training set
 
 
 CHAPTERS = {
     "cvae_onehot": Chapter(
-        lambda shape: cvae_onehot.build_vae(cvae_onehot.LATENT_DIM, seed=0, beta=1.0,
-                                            image_shape=shape),
+        lambda shape, classes=NUM_CLASSES: cvae_onehot.build_vae(
+            cvae_onehot.LATENT_DIM, seed=0, beta=1.0, image_shape=shape, num_classes=classes),
         cvae_onehot.inputs_and_targets,
         None,
     ),
     "cvae_embedding": Chapter(
-        lambda shape: cvae_embedding.build_vae(
+        lambda shape, classes=NUM_CLASSES: cvae_embedding.build_vae(
             cvae_embedding.LATENT_DIM, cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0,
-            image_shape=shape),
-        cvae_embedding.inputs_and_targets,
+            image_shape=shape, num_classes=classes),
+        lambda images, digits, classes=NUM_CLASSES: cvae_embedding.inputs_and_targets(
+            images, digits),
         None,
     ),
     "denoising_vae": Chapter(
-        lambda shape: denoising_vae.build_vae(denoising_vae.LATENT_DIM, seed=0, beta=1.0,
-                                              image_shape=shape),
-        lambda images, digits: denoising_vae.inputs_and_targets(
+        lambda shape, classes=NUM_CLASSES: denoising_vae.build_vae(
+            denoising_vae.LATENT_DIM, seed=0, beta=1.0, image_shape=shape),
+        lambda images, digits, classes=NUM_CLASSES: denoising_vae.inputs_and_targets(
             images, denoising_vae.CORRUPTION, seed=0),
         denoising_vae.SHUFFLE_BUFFER,
     ),
@@ -197,15 +203,15 @@ def split_epoch(start, step_ends, validation_seconds, end):
     }
 
 
-def project_epochs(chapter, train_set, test_set, batch_size, repeats):
+def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NUM_CLASSES):
     """`repeats` epochs through `training_loops.train`, after one warm-up
-    epoch that traces the graph."""
-    vae = chapter.build(train_set[0].shape[1:])
-    train_inputs, train_targets = chapter.inputs_and_targets(*train_set)
+    epoch that traces the graph. The training images may be ImageFiles."""
+    vae = chapter.build(train_set[0].shape[1:], classes)
+    train_inputs, train_targets = chapter.inputs_and_targets(*train_set, classes)
     shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
     train_data = make_dataset(train_inputs, train_targets, batch_size,
                               shuffle_buffer=shuffle_buffer, seed=0)
-    test_data = make_dataset(*chapter.inputs_and_targets(*test_set), batch_size)
+    test_data = make_dataset(*chapter.inputs_and_targets(*test_set, classes), batch_size)
     timer = StepTimer()
     # fit's per-epoch lines are hidden, so the benchmark prints only its table.
     with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
@@ -303,24 +309,30 @@ def run(models, precisions, steps, repeats, batch_size, test_images, matmul_size
 
 
 def measure_size(name, image_size, policy, steps, repeats, batch_size, test_images,
-                 matmul_size):
+                 matmul_size, channels=1, images="MNIST", folder=None):
     """One model at one image size, in this process: the project's median
     step (a sweep runs few steps, over which the once-per-epoch costs would
     weigh more than in a real epoch), the FLOP limit, images per second and
-    the process's peak memory."""
+    the process's peak memory. `images`: "MNIST", or a `folder`'s images
+    "held" in memory or "streamed" from disk."""
     make_reproducible(0)
-    train_set, test_set = load_mnist_images(min(steps * batch_size, 60_000), test_images,
-                                            image_size)
+    train_set, test_set, classes = training_images(
+        image_size, channels, min(steps * batch_size, 60_000), test_images, images, folder,
+        classes_needed=0 if name == "denoising_vae" else 2)
+    if len(train_set[0]) < 2 * batch_size:  # a median step needs two steps an epoch
+        raise ValueError(f"{folder} has {len(train_set[0])} training images, fewer than two "
+                         f"batches of {batch_size}: use a larger folder or --batch-size")
     gflops = matmul_gflops(matmul_size, max(3, repeats), PRECISIONS[policy])
     with precision(mixed=policy == "mixed_bfloat16"):
         chapter = CHAPTERS[name]
         project = [epoch["median_step_ms"]
                    for epoch in project_epochs(chapter, train_set, test_set, batch_size,
-                                               repeats)]
-        flops = flops_per_step(chapter.build(train_set[0].shape[1:]), batch_size)
+                                               repeats, classes)]
+        flops = flops_per_step(chapter.build(train_set[0].shape[1:], classes), batch_size)
     limit_ms = 1000 * flops / (gflops * 1e9)
     return {
         "model": name, "image_size": image_size, "precision": policy,
+        "channels": channels, "images": images,
         "project_ms_per_step": summary(project),
         "images_per_second_project": batch_size / (np.median(project) / 1000),
         "gflop_per_step": flops / 1e9,
@@ -333,31 +345,56 @@ def measure_size(name, image_size, policy, steps, repeats, batch_size, test_imag
     }
 
 
+def training_images(image_size, channels, train_count, test_count, images, folder,
+                    classes_needed):
+    """(train_set, test_set, classes) of MNIST resized, or of a folder, its
+    training images held as arrays or, "streamed", as ImageFiles."""
+    if images == "MNIST":
+        return (*load_mnist_images(train_count, test_count, image_size, channels),
+                NUM_CLASSES)
+    with contextlib.redirect_stdout(sys.stderr):  # the loader's lines, out of the table
+        train_set, test_set, class_names = load_image_folder(
+            Path(folder), image_size, channels, test_fraction=0.1, seed=0,
+            train_samples=train_count, test_samples=test_count,
+            classes_needed=classes_needed, stream=images == "streamed")
+    return train_set, test_set, len(class_names or [None])
+
+
 def size_sweep(models, sizes, precisions, steps, repeats, batch_size, test_images,
-               matmul_size):
+               matmul_size, channels=1, folder=None):
     """Runs `measure_size` for each model, size and precision in a fresh
-    Python process (see --one-size), so each peak memory is its own. A
-    size that fails (memory) is recorded with the reason."""
+    Python process (see --one-size), so each peak memory is its own; with a
+    `folder`, once with its images held and once streamed from disk. A size
+    that fails (memory) is recorded with the reason."""
     rows = []
     for name in models:
         for size in sizes:
             for policy in precisions:
-                with tempfile.TemporaryDirectory() as scratch:
-                    output = Path(scratch) / "row.json"
-                    child = subprocess.run(
-                        [sys.executable, __file__, "--one-size", name, str(size), policy,
-                         "--steps", str(steps), "--repeats", str(repeats),
+                for images in (["held", "streamed"] if folder else ["MNIST"]):
+                    rows.append(_measure_in_child(
+                        name, size, policy, images,
+                        ["--steps", str(steps), "--repeats", str(repeats),
                          "--batch-size", str(batch_size), "--test-images", str(test_images),
-                         "--matmul-size", str(matmul_size), "--output", str(output)],
-                        capture_output=True, text=True)
-                    if child.returncode == 0:
-                        rows.append(json.loads(output.read_text()))
-                    else:
-                        rows.append({"model": name, "image_size": size, "precision": policy,
-                                     "failed": _why_it_failed(child)})
-                print_size_row(rows[-1], rows, flush=True)
+                         "--matmul-size", str(matmul_size), "--channels", str(channels),
+                         *(["--folder", str(folder)] if folder else [])]))
+                    print_size_row(rows[-1], rows, flush=True)
     return {"batch_size": batch_size, "steps": steps, "repeats": repeats,
-            "test_images": test_images, "sizes": rows}
+            "test_images": test_images, "channels": channels,
+            "folder": str(folder) if folder else None, "sizes": rows}
+
+
+def _measure_in_child(name, size, policy, images, flags):
+    """`measure_size` in a fresh Python process: its row, or why it failed."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "row.json"
+        child = subprocess.run(
+            [sys.executable, __file__, "--one-size", name, str(size), policy, images,
+             *flags, "--output", str(output)],
+            capture_output=True, text=True)
+        if child.returncode == 0:
+            return json.loads(output.read_text())
+        return {"model": name, "image_size": size, "precision": policy, "images": images,
+                "failed": _why_it_failed(child)}
 
 
 def _why_it_failed(child):
@@ -369,7 +406,8 @@ def _why_it_failed(child):
     return f"exit {child.returncode}: {last[:200]}"
 
 
-SIZE_HEADER = (f"{'model':<15} {'size':>5} {'precision':<15} {'project ms':>20} "
+SIZE_HEADER = (f"{'model':<15} {'size':>5} {'precision':<15} {'images':<8} "
+               f"{'project ms':>20} "
                f"{'images/s':>8} {'GFLOP':>7} {'limit ms':>8} {'proj/limit':>10} "
                f"{'x time':>6} {'x pixels':>8} {'peak MiB':>8}")
 
@@ -380,16 +418,18 @@ def print_size_row(row, rows, flush=False):
     if len(rows) == 1:
         print(SIZE_HEADER)
         print("-" * len(SIZE_HEADER))
-    name, size, policy = row["model"], row["image_size"], row["precision"]
+    name, size, policy, images = (row["model"], row["image_size"], row["precision"],
+                                  row["images"])
     if "failed" in row:
-        print(f"{name:<15} {size:>5} {policy:<15} failed: {row['failed']}", flush=flush)
+        print(f"{name:<15} {size:>5} {policy:<15} {images:<8} failed: {row['failed']}",
+              flush=flush)
         return
     first = next(r for r in rows if r["model"] == name and r["precision"] == policy
-                 and "failed" not in r)
+                 and r["images"] == images and "failed" not in r)
     ms = row["project_ms_per_step"]
     spread = "/".join(f"{ms[k]:.0f}" if ms[k] >= 100 else f"{ms[k]:.1f}"
                       for k in ("min", "median", "max"))
-    print(f"{name:<15} {size:>5} {policy:<15} {spread:>20} "
+    print(f"{name:<15} {size:>5} {policy:<15} {images:<8} {spread:>20} "
           f"{row['images_per_second_project']:>8.0f} {row['gflop_per_step']:>7.1f} "
           f"{row['limit_ms_per_step']:>8.1f} {row['project_over_limit']:>10.2f} "
           f"{ms['median'] / first['project_ms_per_step']['median']:>6.1f} "
@@ -439,10 +479,16 @@ def main(argv=None):
     parser.add_argument("--image-sizes", type=int, nargs="+", metavar="SIZE",
                         help="measure how the cost grows with the image instead: MNIST "
                         "resized to each size (28, 56, 112, 224, ...)")
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=1,
+                        help="with --image-sizes: 1 for grey, 3 for colour")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="with --image-sizes: train on this folder of images (one "
+                        "subfolder per class) instead of MNIST, once with them held in "
+                        "memory and once streamed from disk, to compare")
     parser.add_argument("--matmul-size", type=int, default=None, help=argparse.SUPPRESS)
-    # One (model, size, precision) of the sweep, run by `size_sweep` in a
-    # process of its own.
-    parser.add_argument("--one-size", nargs=3, metavar=("MODEL", "SIZE", "PRECISION"),
+    # One (model, size, precision, images) of the sweep, run by `size_sweep`
+    # in a process of its own.
+    parser.add_argument("--one-size", nargs=4, metavar=("MODEL", "SIZE", "PRECISION", "IMAGES"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", choices=list(CHAPTERS), default=list(CHAPTERS))
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
@@ -468,18 +514,23 @@ def main(argv=None):
                      "--steps at least 2")
     if sweep and args.jit_compile:
         parser.error("--jit-compile applies to the bare step, which --image-sizes does not run")
+    if args.folder and not (sweep or args.one_size):
+        parser.error("--folder is measured by the size sweep: give --image-sizes too")
+    if args.folder and not args.folder.is_dir():
+        parser.error(f"--folder {args.folder} is not a folder")
     for size in args.image_sizes or []:
         try:
             conv_filters(size)
         except ValueError as error:
             parser.error(f"--image-sizes {size}: {error}")
     if args.one_size:
-        name, size, policy = args.one_size
+        name, size, policy, images = args.one_size
         results = measure_size(name, int(size), policy, steps, repeats, args.batch_size,
-                               test_images, matmul_size)
+                               test_images, matmul_size, args.channels, images, args.folder)
     elif sweep:
         results = size_sweep(args.models, args.image_sizes, args.precisions, steps, repeats,
-                             args.batch_size, test_images, matmul_size)
+                             args.batch_size, test_images, matmul_size, args.channels,
+                             args.folder)
     else:
         results = run(args.models, args.precisions, steps, repeats, args.batch_size,
                       test_images, matmul_size, args.jit_compile)

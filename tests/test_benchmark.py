@@ -168,6 +168,27 @@ def test_the_size_sweep_measures_each_size_in_its_own_process(small_mnist, tmp_p
     assert "x pixels" in printed and "cvae_onehot        56" in printed
 
 
+def test_the_size_sweep_compares_a_folder_held_and_streamed(shapes_folder, tmp_path, capsys):
+    results = benchmark.main(["--quick", "--image-sizes", "32", "--channels", "3",
+                              "--folder", str(shapes_folder), "--batch-size", "16",
+                              "--models", "denoising_vae", "--precisions", "float32",
+                              "--output", str(tmp_path / "sizes.json")])
+    held, streamed = results["sizes"]
+    assert (held["images"], streamed["images"]) == ("held", "streamed")
+    assert held["gflop_per_step"] == streamed["gflop_per_step"]  # the same model
+    for row in (held, streamed):
+        assert row["channels"] == 3 and row["project_ms_per_step"]["median"] > 0
+    printed = capsys.readouterr().out
+    assert "held" in printed and "streamed" in printed and "failed" not in printed
+
+
+def test_a_folder_too_small_for_two_batches_is_refused(shapes_folder):
+    with pytest.raises(ValueError, match="90 training images, fewer than two batches of 128"):
+        benchmark.measure_size("cvae_embedding", 32, "float32", steps=5, repeats=1,
+                               batch_size=128, test_images=8, matmul_size=64,
+                               images="held", folder=shapes_folder)
+
+
 def test_the_size_sweep_refuses_a_size_the_model_cannot_take(capsys):
     with pytest.raises(SystemExit) as stop:
         benchmark.main(["--image-sizes", "28", "30"])
