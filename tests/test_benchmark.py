@@ -183,7 +183,7 @@ def test_the_size_sweep_compares_a_folder_held_and_streamed(shapes_folder, tmp_p
 
 
 def test_a_folder_too_small_for_two_batches_is_refused(shapes_folder):
-    with pytest.raises(ValueError, match="90 training images, fewer than two batches of 128"):
+    with pytest.raises(ValueError, match="108 training images, fewer than two batches of 128"):
         benchmark.measure_size("cvae_embedding", 32, "float32", steps=5, repeats=1,
                                batch_size=128, test_images=8, matmul_size=64,
                                images="held", folder=shapes_folder)
