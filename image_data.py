@@ -139,7 +139,7 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
         data_dir, classes_needed, test_fraction, seed)
     train_files = ImageFiles(train_paths[:train_samples], image_size, channels)
     test_files = ImageFiles(test_paths[:test_samples], image_size, channels)
-    too_many = _must_stream(train_files, test_files)
+    too_many = _too_many_to_hold(train_files, test_files)
     stream = stream or too_many
     print(f"Found {len(train_paths) + len(test_paths):,} images"
           + (f" of {len(class_names)} classes ({_names_text(class_names)})"
@@ -271,7 +271,7 @@ def _first_line(error):
 SHARE_OF_FREE_MEMORY = 0.25
 
 
-def _must_stream(train_files, test_files):
+def _too_many_to_hold(train_files, test_files):
     """Whether the training images are to be read from disk as training
     needs them: they would take more than SHARE_OF_FREE_MEMORY of the free
     memory. The test images are always held; refused if they do not fit."""
