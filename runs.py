@@ -44,9 +44,10 @@ from errors import RunError, RunInterrupted
 from image_data import DIGIT_NAMES
 
 # Settings that change neither the model nor the data, or that only shape a
-# figure: they may differ between a run and its --resume.
+# figure: they may differ between a run and its --resume. (Streaming from disk
+# feeds the batches holding the images would.)
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
-                     "examples_shown", "iwae_samples", "iwae_images"}
+                     "examples_shown", "iwae_samples", "iwae_images", "stream_from_disk"}
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"

@@ -362,9 +362,12 @@ def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
         interrupt.setattr(AllOrNothingBackup, "_save_model", backup_then_stop)
         with pytest.raises(KeyboardInterrupt):
             chapter.main([*run, *streamed])
-    chapter.main([*run, *streamed, "--resume"])
+    # Resumed streamed again (too many to hold), or held (the flag left out:
+    # the same batches either way, so the resume takes it).
+    chapter.main([*run, *streamed[:2], "--resume"])
     output = capsys.readouterr().out
-    assert output.count("reads each batch of images from disk") == 2 and why in output
+    assert output.count("reads each batch of images from disk") == (
+        1 if why == "--stream-from-disk" else 2) and why in output
     held_history = read_history(tmp_path / "held" / "history.csv")
     streamed_history = read_history(tmp_path / "streamed" / "history.csv")
     assert len(streamed_history["loss"]) == 2
