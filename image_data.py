@@ -9,6 +9,7 @@ handed on from here with the images.
 """
 
 import contextlib
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from errors import RunError
 from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
 __all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
-           "ShuffleByEpoch", "images_at_size", "images_to_float", "load_image_folder",
+           "ShuffleByEpoch", "folder_fingerprint", "images_at_size", "images_to_float", "load_image_folder",
            "load_images", "load_mnist_images", "make_dataset", "read_image_file",
            "resize_images"]
 
@@ -154,6 +155,24 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
     train_images = train_files if stream else _load(train_files, data_dir)
     return ((train_images, train_labels[:len(train_files)]),
             (_load(test_files, data_dir), test_labels[:len(test_files)]), class_names)
+
+
+def folder_fingerprint(data_dir):
+    """What a --resume must find again in `data_dir`: how many images it
+    holds and a digest of their paths and sizes. Adding, removing, renaming
+    or rewriting an image changes it, and would change the seeded split."""
+    digest, count = hashlib.sha256(), 0
+    for folder, subfolders, names in os.walk(data_dir):
+        subfolders.sort()  # the same order however the disk lists them
+        for name in sorted(name for name in names if name.lower().endswith(IMAGE_SUFFIXES)):
+            path = Path(folder) / name
+            try:
+                size = path.stat().st_size
+            except OSError:  # a broken link: its name counts
+                size = -1
+            digest.update(f"{path.relative_to(data_dir)}\0{size}\n".encode())
+            count += 1
+    return f"{count:,} images, digest {digest.hexdigest()[:12]}"
 
 
 def _split_folder(data_dir, classes_needed, test_fraction, seed):

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from errors import RunError, RunInterrupted
-from image_data import DIGIT_NAMES
+from image_data import DIGIT_NAMES, folder_fingerprint
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume. (Streaming from disk
@@ -76,6 +76,10 @@ def start_run(config):
     _refuse_foreign_files(output_dir)  # before the lock file is made
     with exclusive_use(output_dir):
         take_output_dir(config)
+        if getattr(config, "data_dir", ""):
+            # The images of the folder, compared like a setting on --resume:
+            # other images would make another split.
+            config.data_files = folder_fingerprint(config.data_dir)
         check_resumable(config, output_dir)
         make_reproducible(config.seed)
         save_json(vars(config), output_dir / "config.json")
@@ -192,6 +196,11 @@ def check_resumable(config, output_dir):
         key for key in (current.keys() & saved.keys()) - RUN_ONLY_SETTINGS
         if saved[key] != current[key]
     )
+    if "data_files" in changed:
+        raise RunError(f"the images in --data-dir {config.data_dir} are not those of the "
+                       f"interrupted run ({saved['data_files']} then, {current['data_files']} "
+                       "now), and other images make another split: put them back as they "
+                       "were, or start afresh without --resume")
     if changed:
         details = ", ".join(f"{k}: {saved[k]} -> {current[k]}" for k in changed)
         print(f"error: --resume with settings that differ from the interrupted run "

@@ -310,8 +310,9 @@ def test_the_latent_explorer_offers_the_folder_classes_by_name():
     assert explorer.image_axes.get_title().startswith("class triangle at z")
 
 
-def test_a_resume_on_other_classes_is_refused(tmp_path, shapes_folder, quick_classifier,
-                                              without_figures, monkeypatch, capsys):
+@pytest.mark.parametrize("change", ["class renamed", "image added"])
+def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, quick_classifier,
+                                             without_figures, monkeypatch, capsys):
     from runs import AllOrNothingBackup
 
     def backup_then_stop(callback):
@@ -327,13 +328,24 @@ def test_a_resume_on_other_classes_is_refused(tmp_path, shapes_folder, quick_cla
     with pytest.raises(KeyboardInterrupt):
         cvae_onehot.main(flags)
     monkeypatch.undo()
-    (folder / "square").rename(folder / "box")  # the classes are now circle, box, triangle
+    if change == "class renamed":  # the classes are now circle, box, triangle
+        (folder / "square").rename(folder / "box")
+    else:  # the same classes, but another split
+        shutil.copy(folder / "circle" / "0000.png", folder / "circle" / "new.png")
     with pytest.raises(SystemExit) as exit_info:
         errors.run_main(lambda: cvae_onehot.main([*flags, "--resume"]))
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1
-    assert "are not those of the interrupted run" in error and "box" in error
+    assert "are not those of the interrupted run (120 images, digest" in error
+    assert f"{121 if change == 'image added' else 120} images" in error.split(" then, ")[1]
+    # Put back as it was, the run resumes.
+    if change == "class renamed":
+        (folder / "box").rename(folder / "square")
+    else:
+        (folder / "circle" / "new.png").unlink()
+    cvae_onehot.main([*flags, "--resume"])
+    assert len(read_history(tmp_path / "run" / "history.csv")["loss"]) == 2
 
 
 @pytest.mark.parametrize("chapter, flags, why", [
