@@ -244,6 +244,17 @@ def test_the_traversal_gif_loops_through_the_latent_plane(tmp_path):
     assert steps[0] < 1.0
     with Image.open(path) as gif:
         assert gif.n_frames == 12
+        red_pixels = []
+        for frame in range(12):
+            gif.seek(frame)
+            rgb = np.asarray(gif.convert("RGB")).astype(int)
+            red = (rgb[..., 0] > 150) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+            red_pixels.append(np.argwhere(red))
+    # One marker in each frame, where z is: each frame is drawn on the still
+    # parts afresh, with no trail of the markers before.
+    assert len({len(pixels) for pixels in red_pixels}) == 1 and len(red_pixels[0]) > 20
+    centres = np.array([pixels.mean(axis=0) for pixels in red_pixels])
+    assert len({tuple(np.round(centre)) for centre in centres}) == 12
 
 
 def test_explore_refuses_a_model_whose_decoder_still_ends_in_a_sigmoid(tmp_path, capsys,
