@@ -22,9 +22,9 @@ from errors import RunError
 from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
 __all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
-           "ShuffleByEpoch", "folder_fingerprint", "images_at_size", "images_to_float", "load_image_folder",
-           "load_images", "load_mnist_images", "make_dataset", "read_image_file",
-           "resize_images"]
+           "ShuffleByEpoch", "folder_fingerprint", "images_at_size", "images_to_float",
+           "load_image_folder", "load_images", "load_mnist_images", "make_dataset",
+           "read_image_file", "resize_images"]
 
 DIGIT_NAMES = [str(digit) for digit in range(NUM_CLASSES)]  # MNIST's classes, by name
 
@@ -150,8 +150,11 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
     if stream:
         why = (f"{_size_text(train_files.nbytes)} as float32, too much to hold" if too_many
                else "--stream-from-disk")
-        print(f"Training reads each batch of images from disk as it needs it ({why}).")
-        _check_images_decode(train_files.paths, data_dir)
+        print(f"Training reads each batch of images from disk as it needs it ({why}). "
+              f"Checking that the {len(train_files):,} training images decode...", flush=True)
+        # Now, rather than in the middle of an epoch; the pass costs about
+        # what an epoch spends reading.
+        _refuse_undecodable_images(train_files.paths, data_dir)
     train_images = train_files if stream else _load(train_files, data_dir)
     return ((train_images, train_labels[:len(train_files)]),
             (_load(test_files, data_dir), test_labels[:len(test_files)]), class_names)
@@ -162,16 +165,13 @@ def folder_fingerprint(data_dir):
     holds and a digest of their paths and sizes. Adding, removing, renaming
     or rewriting an image changes it, and would change the seeded split."""
     digest, count = hashlib.sha256(), 0
-    for folder, subfolders, names in os.walk(data_dir):
-        subfolders.sort()  # the same order however the disk lists them
-        for name in sorted(name for name in names if name.lower().endswith(IMAGE_SUFFIXES)):
-            path = Path(folder) / name
-            try:
-                size = path.stat().st_size
-            except OSError:  # a broken link: its name counts
-                size = -1
-            digest.update(f"{path.relative_to(data_dir)}\0{size}\n".encode())
-            count += 1
+    for path in _image_paths(data_dir):
+        try:
+            size = path.stat().st_size
+        except OSError:  # a broken link: its name counts
+            size = -1
+        digest.update(f"{path.relative_to(data_dir)}\0{size}\n".encode())
+        count += 1
     return f"{count:,} images, digest {digest.hexdigest()[:12]}"
 
 
@@ -269,10 +269,17 @@ def _is_image(path):
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _image_paths(folder):
+    """The images in `folder` and its subfolders, as Keras' loader finds
+    them, in sorted order however the disk lists them."""
+    for parent, subfolders, names in os.walk(folder, followlinks=False):
+        subfolders.sort()
+        yield from (Path(parent) / name for name in sorted(names)
+                    if name.lower().endswith(IMAGE_SUFFIXES))
+
+
 def _count_images(folder):
-    """The images in `folder` and its subfolders, as Keras' loader counts them."""
-    return sum(name.lower().endswith(IMAGE_SUFFIXES)
-               for _, _, names in os.walk(folder, followlinks=False) for name in names)
+    return sum(1 for _ in _image_paths(folder))
 
 
 def _names_text(names, shown=5):
@@ -284,9 +291,10 @@ def _first_line(error):
     return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
-# A training run holds its images about twice (the arrays, and tf.data's copy
-# of them), and the denoiser its damaged copies too: training images that
-# would take more than this share of the free memory are streamed from disk.
+# A training run holds its images about three times over (the arrays,
+# tf.data's copy of them, and the denoiser's damaged copies; measured with
+# benchmarks/benchmark.py --folder): training images that would take more
+# than this share of the free memory are streamed from disk.
 SHARE_OF_FREE_MEMORY = 0.25
 
 
@@ -332,15 +340,13 @@ def _load(files, data_dir):
     try:
         return files.load()
     except tf.errors.OpError:  # an image that does not decode
-        _raise_for_unreadable_image(files.paths, data_dir)
+        _refuse_undecodable_images(files.paths, data_dir)
         raise
 
 
-def _check_images_decode(paths, data_dir, images_per_batch=1024):
-    """Decodes every image once, before training, and refuses the first that
-    does not decode, naming it, rather than fail in the middle of an epoch.
-    The pass costs about what an epoch spends reading."""
-    print(f"Checking that the {len(paths):,} training images decode...", flush=True)
+def _refuse_undecodable_images(paths, data_dir, images_per_batch=1024):
+    """Decodes every image once, in parallel, and raises an ImageFolderError
+    naming the first that does not decode, if one does not."""
     files = tf.data.Dataset.from_tensor_slices((paths, tf.range(len(paths), dtype="int64")))
     decoded = files.map(
         lambda path, index: (index, tf.image.decode_image(
@@ -351,22 +357,16 @@ def _check_images_decode(paths, data_dir, images_per_batch=1024):
     readable = np.zeros(len(paths), bool)
     for indices in decoded_indices.as_numpy_iterator():
         readable[indices] = True
-    if not readable.all():
-        _raise_for_unreadable_image([paths[index] for index in np.flatnonzero(~readable)[:1]],
-                                    data_dir)
-
-
-def _raise_for_unreadable_image(paths, data_dir):
-    """Finds the first image among `paths` that TensorFlow cannot decode and
-    raises an ImageFolderError naming it."""
-    for path in paths:
-        try:
-            tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
-        except tf.errors.OpError as error:
-            raise ImageFolderError(
-                f"cannot read the image {path} in --data-dir {data_dir} "
-                f"({_first_line(error.message)}): remove it, or save it again as PNG "
-                "or JPEG") from None
+    if readable.all():
+        return
+    path = paths[np.flatnonzero(~readable)[0]]
+    try:  # again, for TensorFlow's reason
+        tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
+        reason = "it did not decode"
+    except tf.errors.OpError as error:
+        reason = _first_line(error.message)
+    raise ImageFolderError(f"cannot read the image {path} in --data-dir {data_dir} ({reason}): "
+                           "remove it, or save it again as PNG or JPEG")
 
 
 def read_image_file(path, image_size, channels):

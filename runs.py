@@ -447,16 +447,9 @@ CLASS_NAMES_FILE = "class_names.json"
 
 def save_class_names(class_names, output_dir):
     """Keeps the names of the run's classes (a --data-dir's class folders),
-    which its model knows only by number, for the explorer. A list already
-    there is the interrupted run's that this one resumes (a fresh run starts
-    without it): other classes now are refused."""
-    path = Path(output_dir) / CLASS_NAMES_FILE
-    if path.exists() and load_class_names(output_dir) != list(class_names):
-        raise RunError(f"the classes of --data-dir ({', '.join(class_names)}) are not those "
-                       f"of the interrupted run in {output_dir} "
-                       f"({', '.join(load_class_names(output_dir))}): resume with the same "
-                       "images, or start afresh without --resume")
-    save_json(list(class_names), path)
+    which its model knows only by number, for the explorer. (A --resume on
+    other classes was refused already: see `folder_fingerprint`.)"""
+    save_json(list(class_names), Path(output_dir) / CLASS_NAMES_FILE)
 
 
 def load_class_names(output_dir):
