@@ -36,7 +36,7 @@ import tensorflow as tf
 from keras import layers
 
 from errors import run_main
-from evaluation import write_metrics
+from evaluation import seeded_choice, write_metrics
 from hyperparameters import parse_hyperparameters
 from image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
 from runs import load_run_config, load_trained_model, precision, start_run
@@ -80,6 +80,7 @@ MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfl
 # Evaluation
 IWAE_SAMPLES = 100  # draws of z per test image for the log-likelihood bound (1 gives the ELBO)
 IWAE_IMAGES = 100  # test images (a seeded choice) the log-likelihood is estimated on
+RESTORATION_IMAGES = 2_000  # test images (a seeded choice) restored and scored by PSNR and SSIM
 # Figures
 EXAMPLES_SHOWN = 12  # test digits drawn in restorations.png
 # Output
@@ -285,10 +286,15 @@ def mean_ssim(images, clean, images_per_call=1000):
 
 def restoration_metrics(corrupted, restored, corruption):
     """Mean PSNR and SSIM of the damaged and of the restored test images,
-    given the `image_quality` of each."""
+    given the `image_quality` of each, and the standard error of the mean
+    PSNR gain (the spread of the gain between images, over their number)."""
+    gain = restored["psnr"] - corrupted["psnr"]
     return {
         "corruption": corruption,
         "restored_with": "decoder(z_mean): the posterior mean, no sampling",
+        "images": len(gain),
+        "psnr_gain_standard_error_db": float(gain.std(ddof=1) / np.sqrt(len(gain)))
+        if len(gain) > 1 else None,
         "psnr_db": {"corrupted": float(np.mean(corrupted["psnr"])),
                     "restored": float(np.mean(restored["psnr"]))},
         "ssim": {"corrupted": corrupted["mean_ssim"], "restored": restored["mean_ssim"]},
@@ -371,17 +377,23 @@ def main(argv=None):
               lr_warmup_fraction=config.lr_warmup_fraction,
               kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles)
         stopwatch.lap("training")
-        restored = restore(vae, test_damaged)
-        damaged_quality = image_quality(test_damaged, test_images)
-        restored_quality = image_quality(restored, test_images)
+        # Restoring and scoring a seeded choice of the test images: 2,000
+        # measure the mean PSNR gain to about 0.05 dB (its standard error, in
+        # metrics.json) in a fifth of the time all 10,000 would take.
+        scored = seeded_choice(len(test_images), config.restoration_images, config.seed)
+        scored_damaged, scored_clean = test_damaged[scored], test_images[scored]
+        restored = restore(vae, scored_damaged)
+        damaged_quality = image_quality(scored_damaged, scored_clean)
+        restored_quality = image_quality(restored, scored_clean)
         restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
         metrics = write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_images),
                                 extra={"restoration": restoration})
         psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
         print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
-              f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on the test images")
+              f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on "
+              f"{restoration['images']:,} test images")
         stopwatch.lap("evaluation")
-        save_figures(test_damaged, restored, test_images, damaged_quality["psnr"],
+        save_figures(scored_damaged, restored, scored_clean, damaged_quality["psnr"],
                      restored_quality["psnr"], config)
         stopwatch.lap("figures")
     return vae

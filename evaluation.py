@@ -21,26 +21,33 @@ from visualization_utils import cosine_similarity
 
 def evaluate_per_image(vae, dataset):
     """Mean reconstruction, KL and total loss (reconstruction + beta * KL)
-    per image over a whole dataset.
+    per image over a whole dataset, from one pass of the test step.
 
-    Unlike `vae.evaluate`, which averages the batch values on the model's own
-    scale, this divides exact sums by the number of images, so the numbers
-    of all three chapters can be compared directly (at the same beta).
+    Unlike the chapter's own loss, which averages the batch values on the
+    model's scale, these are averages over the images themselves, so the
+    numbers of all three chapters can be compared directly (at the same beta).
     """
-    # tf.function compiles the pass into a graph once, instead of running
-    # every operation eagerly, batch after batch.
-    per_image_losses = tf.function(vae.per_image_losses)
-    reconstruction_sum, kl_sum, count = 0.0, 0.0, 0
-    for inputs, targets in dataset:
-        reconstruction, kl = per_image_losses(inputs, targets)
-        reconstruction_sum += float(ops.sum(reconstruction))
-        kl_sum += float(ops.sum(kl))
-        count += int(ops.shape(kl)[0])
-    return {
-        "loss": (reconstruction_sum + vae.beta * kl_sum) / count,
-        "reconstruction_loss": reconstruction_sum / count,
-        "kl_loss": kl_sum / count,
-    }
+    return _per_image_losses(vae, vae.evaluate(dataset, verbose=0, return_dict=True))
+
+
+def _per_image_losses(vae, results, prefix=""):
+    """The test step's per-image averages (`prefix` "val_": as `fit`
+    reports them for the validation data) -> the losses per image."""
+    reconstruction = float(results[prefix + "reconstruction_per_image"])
+    kl = float(results[prefix + "kl_per_image"])
+    return {"loss": reconstruction + vae.beta * kl,
+            "reconstruction_loss": reconstruction, "kl_loss": kl}
+
+
+def _test_losses_per_image(vae, history, test_pairs, batch_size):
+    """The losses per image of the last epoch's validation pass, which ran
+    on all test images with the final weights, so measuring them again would
+    only draw other z. A history from before the test step averaged per
+    image (a run resumed from an older backup) lacks them: they are measured."""
+    last_epoch = {column: values[-1] for column, values in history.items()}
+    if "val_reconstruction_per_image" in last_epoch:
+        return _per_image_losses(vae, last_epoch, prefix="val_")
+    return evaluate_per_image(vae, make_dataset(*test_pairs, batch_size))
 
 
 def write_metrics(vae, test_pairs, loss_scale, config, train_count, extra=None):
@@ -52,11 +59,11 @@ def write_metrics(vae, test_pairs, loss_scale, config, train_count, extra=None):
     fewer than --train-samples); `extra` adds a chapter's entries."""
     history = read_history(config.output_dir / "history.csv")
     metrics = {
-        # Exact sums over the test images divided by their number. The last
-        # epoch's val_loss differs a little: it averages batch values, so a
-        # short last batch weighs as much as a full one, and z is sampled anew.
-        "test_per_image": evaluate_per_image(
-            vae, make_dataset(*test_pairs, config.batch_size)),
+        # Averaged over the test images. The last epoch's val_loss differs a
+        # little: it averages batch values, so a short last batch weighs as
+        # much as a full one.
+        "test_per_image": _test_losses_per_image(vae, history, test_pairs,
+                                                 config.batch_size),
         "test_negative_log_likelihood": _test_likelihood(vae, test_pairs, config),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
@@ -80,13 +87,18 @@ def write_metrics(vae, test_pairs, loss_scale, config, train_count, extra=None):
 def _test_likelihood(vae, test_pairs, config):
     """The importance-weighted -log p(x) on a seeded choice of test images."""
     inputs, targets = test_pairs
-    count = min(config.iwae_images, len(targets))
-    chosen = np.sort(np.random.default_rng(config.seed).choice(len(targets), count,
-                                                              replace=False))
+    chosen = seeded_choice(len(targets), config.iwae_images, config.seed)
     subset = keras.tree.map_structure(lambda array: array[chosen], inputs)
     return {**importance_weighted_nll(vae, subset, targets[chosen], config.iwae_samples,
                                       seed=config.seed),
-            "samples": config.iwae_samples, "images": count}
+            "samples": config.iwae_samples, "images": len(chosen)}
+
+
+def seeded_choice(total, count, seed):
+    """The indices of `count` of `total` items (all, if there are fewer),
+    chosen at random from `seed`, in their order."""
+    count = min(count, total)
+    return np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
 
 
 def _per_image(vae, history, train_count, batch_size):

@@ -170,6 +170,7 @@ INTEGER_LIMITS = {
     "EXAMPLES_SHOWN": (100, "to keep the figure readable"),
     "IWAE_SAMPLES": (10_000, "to fit in memory"),
     "IWAE_IMAGES": (10_000, "MNIST's test images"),
+    "RESTORATION_IMAGES": (10_000, "MNIST's test images"),
     "IMAGE_SIZE": (1024, "to fit in memory"),
 }
 

@@ -47,7 +47,8 @@ from image_data import DIGIT_NAMES, folder_fingerprint
 # figure: they may differ between a run and its --resume. (Streaming from disk
 # feeds the batches holding the images would.)
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
-                     "examples_shown", "iwae_samples", "iwae_images", "stream_from_disk"}
+                     "examples_shown", "iwae_samples", "iwae_images", "restoration_images",
+                     "stream_from_disk"}
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"

@@ -198,6 +198,13 @@ class VAE(keras.Model):
             name="reconstruction_loss"
         )
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
+        # The test step also averages each term over the images themselves,
+        # not over the batches: a short last batch counts for its images
+        # only, so the last epoch's validation gives the test loss per image
+        # exactly, the number the three chapters are compared by.
+        self.reconstruction_per_image_tracker = keras.metrics.Mean(
+            name="reconstruction_per_image")
+        self.kl_per_image_tracker = keras.metrics.Mean(name="kl_per_image")
         # The weight the loss gives the KL term: `beta`, unless KL annealing
         # (`KLAnnealing`, below) moves it during training. A variable, so the
         # compiled train_step reads its current value at every step, and it
@@ -217,6 +224,8 @@ class VAE(keras.Model):
             self.total_loss_tracker,
             self.reconstruction_loss_tracker,
             self.kl_loss_tracker,
+            self.reconstruction_per_image_tracker,
+            self.kl_per_image_tracker,
         ]
 
     @property
@@ -288,7 +297,9 @@ class VAE(keras.Model):
 
     def batch_losses(self, inputs, targets, training=False):
         """The three numbers a batch reports, on this model's scale."""
-        reconstruction, kl = self.per_image_losses(inputs, targets, training)
+        return self._reduce_over_batch(*self.per_image_losses(inputs, targets, training))
+
+    def _reduce_over_batch(self, reconstruction, kl):
         reconstruction = BATCH_REDUCTIONS[self.reconstruction_reduction](
             reconstruction
         )
@@ -313,17 +324,26 @@ class VAE(keras.Model):
         return self._update_trackers(losses)
 
     def test_step(self, data):
-        """The same losses without a gradient step; `fit` calls it on the
-        validation data after each epoch, `evaluate` on any data. z is still
-        sampled, so the test loss carries a little sampling noise."""
+        """The same losses without a gradient step, and each term averaged
+        over the images; `fit` calls it on the validation data after each
+        epoch, `evaluate` on any data. z is still sampled, so the test loss
+        carries a little sampling noise."""
         inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._update_trackers(self.batch_losses(inputs, targets))
+        reconstruction, kl = self.per_image_losses(inputs, targets)
+        return self._update_trackers({
+            **self._reduce_over_batch(reconstruction, kl),
+            # One value per image: the trackers average over the images.
+            "reconstruction_per_image": reconstruction,
+            "kl_per_image": kl,
+        })
 
     def _update_trackers(self, losses):
-        # Each tracker is named after the loss it averages.
-        for tracker in self.metrics:
+        # Each tracker is named after the loss it averages; a step reports
+        # the trackers it has values for.
+        trackers = [tracker for tracker in self.metrics if tracker.name in losses]
+        for tracker in trackers:
             tracker.update_state(losses[tracker.name])
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        return {tracker.name: tracker.result() for tracker in trackers}
 
     def load_own_variables(self, store):
         # A model saved before the KL weight was a variable has none stored:

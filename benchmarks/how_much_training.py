@@ -34,7 +34,7 @@ import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
 from digit_classifier import classifier_for_run  # noqa: E402
-from evaluation import conditional_accuracy, evaluate_per_image  # noqa: E402
+from evaluation import conditional_accuracy  # noqa: E402
 from hyperparameters import OneLineErrorParser  # noqa: E402
 from image_data import load_images, make_dataset  # noqa: E402
 from runs import make_reproducible, precision, save_json  # noqa: E402
@@ -80,11 +80,12 @@ def datasets(chapter, config):
 
     judges = []  # made at the first measurement, after the model, as the chapter does
 
-    def measure(vae):
-        losses = evaluate_per_image(vae, test_data)
+    def measure(vae, logs):
+        # The epoch's validation pass has measured the test loss per image.
         # Reconstruction + KL whatever the run's --beta: the negative ELBO,
         # which runs at any beta share (at beta 1 it is the chapter's loss).
-        row = {"test_loss_per_image": losses["reconstruction_loss"] + losses["kl_loss"]}
+        row = {"test_loss_per_image": logs["val_reconstruction_per_image"]
+               + logs["val_kl_per_image"]}
         if chapter is denoising_vae:
             damaged, clean = test_pairs
             quality = chapter.image_quality(chapter.restore(vae, damaged), clean)
@@ -109,9 +110,10 @@ class MeasureAfter(keras.callbacks.Callback):
     """After each epoch in `epochs` (counted from 1), measures the model and
     notes the training time so far, leaving the measuring out of it.
 
-    The test loss draws z from the model's sampling noise; the noise's state
-    is put back afterwards, so the run trains on exactly the noise a plain
-    run of the chapter draws, and its last row is that run's result."""
+    The test loss is the epoch's validation pass, which a plain run of the
+    chapter makes too; the rest decodes the posterior mean or z drawn with
+    NumPy, never the model's sampling noise. So the run trains as a plain
+    run does, and its last row is that run's result."""
 
     def __init__(self, epochs, measure):
         super().__init__()
@@ -124,11 +126,9 @@ class MeasureAfter(keras.callbacks.Callback):
         if epoch + 1 not in self.epochs:
             return
         measured_at = time.perf_counter()
-        noise_state = self.model.sampling.seed_generator.state.numpy()
         row = {"epochs": epoch + 1,
                "training_seconds": measured_at - self.started - self.measuring,
-               **self.measure(self.model)}
-        self.model.sampling.seed_generator.state.assign(noise_state)
+               **self.measure(self.model, logs)}
         self.measuring += time.perf_counter() - measured_at
         self.rows.append(row)
         print(" | ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)
