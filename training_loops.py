@@ -389,7 +389,8 @@ def _graph_for_any_batch(model):
     whatever the batch sizes it meets (a short last batch would otherwise
     compile a second one, about 0.15 s each)."""
     specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
-    return tf.function(model, input_signature=[specs if len(specs) > 1 else specs[0]])
+    return tf.function(lambda inputs: model(inputs, training=False),
+                       input_signature=[specs if len(specs) > 1 else specs[0]])
 
 
 def _in_batches(graph, inputs, batch_size):

@@ -359,7 +359,7 @@ def plot_restoration_gain(psnr_corrupted, psnr_restored, path, corruption):
     left.set_xlabel("PSNR gain of the restored image over its corrupted input (dB)")
     left.set_ylabel("test images")
     left.yaxis.set_major_locator(MaxNLocator(integer=True))
-    left.set_title(f"{np.mean(gain > 0):.1%} of the test images improved")
+    left.set_title(f"{np.mean(gain > 0):.1%} of the {len(gain):,} test images improved")
     left.legend()
 
     right.scatter(psnr_corrupted, psnr_restored, s=2, alpha=0.3)

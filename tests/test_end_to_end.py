@@ -76,6 +76,9 @@ def test_history_metrics_and_config_are_written(finished_run):
     per_image = metrics["test_per_image"]
     assert per_image["loss"] == pytest.approx(
         per_image["reconstruction_loss"] + 2 * per_image["kl_loss"])
+    # Measured by the last epoch's validation pass, averaged over the images.
+    assert per_image["reconstruction_loss"] == history["val_reconstruction_per_image"][-1]
+    assert per_image["kl_loss"] == history["val_kl_per_image"][-1]
     assert metrics["final_train_loss"] == pytest.approx(history["loss"][-1])
     # Both terms are batch means here, so the epoch's values are per image.
     assert history["loss"][-1] == pytest.approx(

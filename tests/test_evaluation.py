@@ -11,8 +11,8 @@ import denoising_vae
 import digit_classifier
 import mnist
 from errors import RunError
-from evaluation import (conditional_accuracy, embedding_matches_digit_likeness,
-                        importance_weighted_nll)
+from evaluation import (_test_losses_per_image, conditional_accuracy,
+                        embedding_matches_digit_likeness, importance_weighted_nll)
 from image_data import images_to_float
 from training_loops import reconstruction_loss
 
@@ -128,3 +128,33 @@ def test_a_random_embedding_does_not(test_digits):
     result = embedding_matches_digit_likeness(table, images, digits, seed=0,
                                               permutations=2000)
     assert abs(result["spearman"]) < 0.5 and result["p_value"] > 0.05
+
+
+def test_the_test_loss_per_image_comes_from_the_last_validation_pass(test_digits):
+    images, _ = test_digits
+    vae = denoising_vae.build_vae(16, seed=0, beta=2.0)
+    vae.compile(optimizer="adam")
+    pairs = (denoising_vae.blur(images[:64]), images[:64])
+    history = {"val_reconstruction_per_image": np.array([300.0, 200.0]),
+               "val_kl_per_image": np.array([9.0, 5.0])}
+    assert _test_losses_per_image(vae, history, pairs, batch_size=32) == {
+        "loss": 210.0, "reconstruction_loss": 200.0, "kl_loss": 5.0}  # 200 + beta * 5
+
+
+def test_without_per_image_columns_the_test_loss_is_measured(test_digits):
+    # A run resumed from a backup made before the test step averaged per
+    # image has a history without those columns: one pass measures them.
+    images, _ = test_digits
+    vae = denoising_vae.build_vae(16, seed=0, beta=2.0)
+    vae.compile(optimizer="adam")
+    damaged, clean = denoising_vae.blur(images[:64]), images[:64]
+    measured = _test_losses_per_image(vae, {"val_loss": np.array([1.0])}, (damaged, clean),
+                                      batch_size=32)
+    twin = denoising_vae.build_vae(16, seed=0, beta=2.0)  # the same weights and noise
+    terms = [twin.per_image_losses(damaged[part], clean[part])
+             for part in (slice(0, 32), slice(32, 64))]
+    reconstruction, kl = (np.mean([ops.convert_to_numpy(batch[term]) for batch in terms])
+                          for term in (0, 1))
+    assert measured["reconstruction_loss"] == pytest.approx(reconstruction, rel=1e-5)
+    assert measured["kl_loss"] == pytest.approx(kl, rel=1e-5)
+    assert measured["loss"] == pytest.approx(reconstruction + 2.0 * kl, rel=1e-5)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import cvae_onehot
+from image_data import make_dataset
 from training_loops import VAE, kl_divergence, reconstruction_loss
 
 
@@ -90,3 +91,43 @@ def test_batch_loss_is_mean_or_sum_of_the_per_image_terms():
 def test_an_unknown_reduction_is_refused():
     with pytest.raises(ValueError, match="kl_reduction"):
         VAE(cvae_onehot.build_encoder(2), cvae_onehot.build_decoder(2), kl_reduction="median")
+
+
+def test_the_test_step_averages_each_term_over_the_images_not_the_batches():
+    # 10 images in batches of 4, 4 and 2: the mean of the three batch means
+    # gives the last two images twice the weight of the others; the test
+    # step's per-image averages give every image the same.
+    encoder, decoder = cvae_onehot.build_encoder(2), cvae_onehot.build_decoder(2)
+    (images, labels), targets = one_hot_batch(10)
+    vae = VAE(encoder, decoder, seed=5)
+    vae.compile(optimizer="adam")
+    results = vae.evaluate(make_dataset((images, labels), targets, 4), verbose=0,
+                           return_dict=True)
+    # A twin with the same seed draws the same noise, batch after batch.
+    twin = VAE(encoder, decoder, seed=5)
+    batches = [twin.per_image_losses((images[part], labels[part]), targets[part])
+               for part in (slice(0, 4), slice(4, 8), slice(8, 10))]
+    reconstruction, kl = (np.concatenate([keras.ops.convert_to_numpy(batch[term])
+                                          for batch in batches]) for term in (0, 1))
+    assert results["reconstruction_per_image"] == pytest.approx(reconstruction.mean(), rel=1e-5)
+    assert results["kl_per_image"] == pytest.approx(kl.mean(), rel=1e-5)
+    mean_of_batch_means = np.mean([np.mean(part) for part in np.split(reconstruction, [4, 8])])
+    assert results["reconstruction_loss"] == pytest.approx(mean_of_batch_means, rel=1e-5)
+    assert abs(mean_of_batch_means - reconstruction.mean()) > 1e-4 * reconstruction.mean()
+
+
+def test_many_images_go_through_one_graph_whatever_the_batch_sizes():
+    encoder, decoder = cvae_onehot.build_encoder(2), cvae_onehot.build_decoder(2)
+    vae = VAE(encoder, decoder, seed=5)
+    (images, labels), _ = one_hot_batch(10)
+    z_mean = vae.predict_z_mean(images, labels, batch_size=4)  # batches of 4, 4 and 2
+    np.testing.assert_allclose(z_mean, keras.ops.convert_to_numpy(encoder([images, labels])[0]),
+                               rtol=1e-5, atol=1e-6)
+    # float64 codes are cast to the float32 the decoder takes.
+    decoded = vae.predict_images(np.float64(z_mean), labels, batch_size=3)
+    expected = keras.ops.sigmoid(decoder([z_mean, labels]))
+    np.testing.assert_allclose(decoded, keras.ops.convert_to_numpy(expected), rtol=1e-5,
+                               atol=1e-6)
+    # Compiled once each, although the last batch was short.
+    assert vae._encoder_graph.experimental_get_tracing_count() == 1
+    assert vae._decoder_graph.experimental_get_tracing_count() == 1
