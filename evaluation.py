@@ -43,9 +43,10 @@ def _test_losses_per_image(vae, history, test_pairs, batch_size):
     """The losses per image of the last epoch's validation pass, which ran
     on all test images with the final weights, so measuring them again would
     only draw other z. A history from before the test step averaged per
-    image (a run resumed from an older backup) lacks them: they are measured."""
+    image (a run resumed from an older backup) lacks them, or has NA in
+    their place: they are measured."""
     last_epoch = {column: values[-1] for column, values in history.items()}
-    if "val_reconstruction_per_image" in last_epoch:
+    if np.isfinite(last_epoch.get("val_reconstruction_per_image", np.nan)):
         return _per_image_losses(vae, last_epoch, prefix="val_")
     return evaluate_per_image(vae, make_dataset(*test_pairs, batch_size))
 

@@ -404,6 +404,30 @@ def _keep_history_rows(history_path, epochs):
         file.writelines(lines[: 1 + epochs])
 
 
+def add_history_columns(history_path, columns):
+    """Adds to history.csv the `columns` its header lacks, with NA in the
+    rows already there, in the order Keras' CSVLogger writes ("epoch", then
+    the rest sorted).
+
+    A run resumed by a newer version of the code may log columns the
+    interrupted run did not. CSVLogger, appending, keeps the old header, so
+    the new rows' values would slide under the wrong names.
+    """
+    if not history_path.exists():
+        return
+    with open(history_path, newline="") as file:
+        reader = csv.DictReader(file)
+        rows, header = list(reader), reader.fieldnames or ["epoch"]
+    if set(columns) <= set(header):
+        return
+    header = ["epoch", *sorted((set(header) | set(columns)) - {"epoch"})]
+    with atomic_path(history_path) as temporary, open(temporary, "w", newline="") as file:
+        # CSVLogger's rows end in \r\n, as csv's writer ends them too.
+        writer = csv.DictWriter(file, header, restval="NA")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def read_history(history_csv):
     """history.csv (written by Keras' CSVLogger) -> {column: float array}."""
     with open(history_csv, newline="") as file:

@@ -51,6 +51,21 @@ def shapes_folder(tmp_path_factory):
                                images_per_class=40)
 
 
+@pytest.fixture(autouse=True)
+def run_main_keeps_pytest_alive():
+    """`errors.run_main` ends a finished run's process at once (os._exit).
+    Tests call it in pytest's own process, expecting a failure: a run that
+    succeeds instead raises SystemExit(0), which such a test reports,
+    rather than ending pytest with status 0. (A patch of its own, which a
+    test's `monkeypatch.undo()` leaves alone; the real exit is tested in a
+    subprocess.)"""
+    import errors
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(errors, "_exit_at_once", lambda: sys.exit(0))
+        yield
+
+
 @pytest.fixture
 def without_figures():
     """For tests of training, resuming and run folders that never look at a

@@ -1,16 +1,18 @@
 """What a run may write, replace and continue in its output folder (run as
 cvae_onehot.py on a small slice of MNIST)."""
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cvae_embedding
 import cvae_onehot
 import errors
 import runs
-from runs import RUN_FILES
+from runs import RUN_FILES, read_history
 from test_end_to_end import (history_epochs, interrupt_backup_at_epoch, run_interrupted,
                              run_script)
 
@@ -132,6 +134,38 @@ def test_rows_kept_on_resume_keep_the_line_endings_keras_writes(tmp_path, small_
     rows = (tmp_path / "history.csv").read_bytes().split(b"\r\n")
     assert len(rows) == 5 and rows[-1] == b""  # header, three epochs, final newline
     assert all(b"\n" not in row for row in rows)
+
+
+def drop_columns(history_path, dropped):
+    """history.csv as a version of the code that did not log `dropped` wrote it."""
+    with open(history_path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    header = [column for column in rows[0] if column not in dropped]
+    with open(history_path, "w", newline="") as file:
+        writer = csv.DictWriter(file, header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.usefixtures("without_figures")
+def test_a_resume_that_logs_new_columns_keeps_every_value_under_its_name(tmp_path,
+                                                                         small_mnist,
+                                                                         monkeypatch):
+    interrupt_backup_at_epoch(monkeypatch, epoch=0)
+    assert run_main_expecting_failure(tmp_path, "--epochs", "2") == 130
+    monkeypatch.undo()
+    per_image = ["val_kl_per_image", "val_reconstruction_per_image"]
+    drop_columns(tmp_path / "history.csv", per_image)  # as an older version wrote it
+    run_script(tmp_path, "--epochs", "2", "--resume")
+    history = read_history(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [0, 1]
+    assert np.isnan(history["val_kl_per_image"][0])  # the older version logged none
+    # The resumed epoch's values under their own names: the test loss, not
+    # a KL of about 5, under val_loss (the one-hot model's loss is per image).
+    assert history["val_loss"][1] == pytest.approx(
+        history["val_reconstruction_per_image"][1] + history["val_kl_per_image"][1], rel=0.01)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_per_image"]["kl_loss"] == history["val_kl_per_image"][1]
 
 
 def test_resume_and_overwrite_cannot_be_combined(tmp_path, capsys):
