@@ -274,6 +274,7 @@ class VAE(keras.Model):
     def _part_inputs(self, data, labels):
         """What the encoder or decoder takes: the data, and for a conditional
         model the labels as the VAE hands them on (one-hot, or embedded)."""
+        data = np.asarray(data)  # a nested list too: one input, not a structure
         if not self.conditional:
             return data
         return [data, ops.convert_to_numpy(self._condition(labels))]
