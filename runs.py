@@ -286,13 +286,14 @@ def _finish_run(config, stopwatch):
 # ---------------------------------------------------------------------------
 
 
-def prepare_output_dir(output_dir, model_name, resume):
+def prepare_output_dir(output_dir, model_name, resume, logged_columns=()):
     """Gets `output_dir` ready for `fit` and returns the paths of its
     history.csv and of its backup folder.
 
     A fresh run starts without a backup (else `fit` would restore it), and
     `fit` writes history.csv anew. A --resume keeps the backup and only the
-    rows of history.csv of the epochs the backup holds.
+    rows of history.csv of the epochs the backup holds, and adds the
+    `logged_columns` its header lacks (see `add_history_columns`).
     """
     output_dir = Path(output_dir)
     history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
@@ -303,6 +304,7 @@ def prepare_output_dir(output_dir, model_name, resume):
         print(f"Resuming after epoch {finished}." if finished
               else "Nothing to resume: starting from epoch 1.", flush=True)
         _keep_history_rows(history_path, finished)
+        add_history_columns(history_path, logged_columns)
     else:
         discard_backup(output_dir)
         history_path.unlink(missing_ok=True)

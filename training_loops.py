@@ -31,7 +31,7 @@ from keras import ops
 
 from errors import TrainingDiverged
 from image_data import ShuffleByEpoch
-from runs import AllOrNothingBackup, add_history_columns, prepare_output_dir, save_model
+from runs import AllOrNothingBackup, prepare_output_dir, save_model
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under
 
@@ -514,10 +514,10 @@ def train(vae, train_data, validation_data, epochs, learning_rate, output_dir,
     total_steps = epochs * steps_per_epoch
     vae.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(
         lr_schedule, learning_rate, total_steps, lr_warmup_fraction)))
-    history_path, backup_dir = prepare_output_dir(output_dir, vae.name, resume)
-    if resume and validation_data is not None:
-        # The test step's columns, which an older version may not have logged.
-        add_history_columns(history_path, [f"val_{tracker.name}" for tracker in vae.metrics])
+    # The test step's columns, which an older version may not have logged.
+    test_columns = ([] if validation_data is None
+                    else [f"val_{tracker.name}" for tracker in vae.metrics])
+    history_path, backup_dir = prepare_output_dir(output_dir, vae.name, resume, test_columns)
     annealing = []
     if kl_warmup_epochs or kl_cycles:
         # Before CSVLogger, which then writes the epoch's weight too.

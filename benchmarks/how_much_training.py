@@ -34,7 +34,7 @@ import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
 from digit_classifier import classifier_for_run  # noqa: E402
-from evaluation import conditional_accuracy, seeded_choice  # noqa: E402
+from evaluation import conditional_accuracy  # noqa: E402
 from hyperparameters import OneLineErrorParser  # noqa: E402
 from image_data import load_images, make_dataset  # noqa: E402
 from runs import make_reproducible, precision, save_json  # noqa: E402
@@ -87,9 +87,7 @@ def datasets(chapter, config):
         row = {"test_loss_per_image": logs["val_reconstruction_per_image"]
                + logs["val_kl_per_image"]}
         if chapter is denoising_vae:
-            # The test images the chapter scores: a seeded choice of them.
-            scored = seeded_choice(len(test_images), config.restoration_images, config.seed)
-            damaged, clean = (images[scored] for images in test_pairs)
+            damaged, clean = chapter.scored_test_images(*test_pairs, config)
             quality = chapter.image_quality(chapter.restore(vae, damaged), clean)
             row.update(psnr_db=float(quality["psnr"].mean()),
                        ssim=quality["mean_ssim"])
