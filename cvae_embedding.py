@@ -23,19 +23,18 @@ Run `python cvae_embedding.py` (10 epochs, a few minutes on a laptop CPU);
 
 # ## Setup
 
-from pathlib import Path
-
 import keras
 from keras import layers
 
-from digit_classifier import classifier_for_run
-from errors import run_main
-from evaluation import conditional_accuracy, embedding_matches_digit_likeness, write_metrics
-from hyperparameters import parse_hyperparameters
-from image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
-from runs import load_class_names, load_trained_model, precision, save_class_names, start_run
-from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
-                            train)
+from support.digit_classifier import classifier_for_run
+from support.batch_prediction import decode_in_batches, encode_in_batches
+from support.errors import run_main
+from support.evaluation import conditional_accuracy, embedding_matches_digit_likeness, write_metrics
+from support.flags import parse_settings
+from support.image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
+from support.numerics import precision
+from support.run_folder import load_class_names, load_trained_model, save_class_names, start_run
+from training_loops import VAE, conv_filters, feature_map_size, train
 from visualization_utils import (
     LatentExplorer,
     check_explorer_can_open,
@@ -46,15 +45,8 @@ from visualization_utils import (
 
 # ## Hyperparameters
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
+# The options every chapter shares (data, evaluation, files) are listed by --help.
 
-# Data
-DATA_DIR = ""  # your own images instead of MNIST: a folder with one subfolder per class
-TEST_FRACTION = 0.1  # with DATA_DIR: the share of its images held out (seeded) for testing
-STREAM_FROM_DISK = False  # with DATA_DIR: read training images from disk (done if too many)
-TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000; of DATA_DIR, at most this many)
-TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000; of DATA_DIR, at most this many)
-IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
-CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
 LATENT_DIM = 2  # size of z; 2 lets us draw the latent space as a plane
 EMBEDDING_DIM = 8  # length of each digit's learned label vector
@@ -68,14 +60,6 @@ LR_WARMUP_FRACTION = 0.05  # with cosine, the share of the steps spent climbing 
 KL_WARMUP_EPOCHS = 0  # epochs over which the KL weight climbs from 0 to BETA (0: off, the reference)
 KL_CYCLES = 0  # instead, climb from 0 to BETA this many times over the run (0: off)
 SEED = 42  # seeds weights, shuffling and sampling: same seed, same run
-MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
-# Evaluation
-IWAE_SAMPLES = 100  # draws of z per test image for the log-likelihood bound (1 gives the ELBO)
-IWAE_IMAGES = 100  # test images (a seeded choice) the log-likelihood is estimated on
-# Figures
-EXAMPLES_SHOWN = 12  # test digits drawn in reconstructions.png
-# Output
-OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "cvae_embedding"  # where files go
 
 
 # ## Data
@@ -187,18 +171,17 @@ def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE,
     )
 
 
-# ## Figures
-
+# #
 
 def digit_decoder(vae):
     """decode(z, digits) for the figures and the explorer: the decoder is told
     the digit the way this chapter does it, by index, looked up in the learned table."""
-    return lambda z, digits: vae.predict_images(z, class_index(digits))
+    return lambda z, digits: decode_in_batches(vae, z, class_index(digits))
 
 
 def digit_encoder(vae):
     """encode(images, digits) -> z_mean, with the digits given by index as above."""
-    return lambda images, digits: vae.predict_z_mean(images, class_index(digits))
+    return lambda images, digits: encode_in_batches(vae, images, class_index(digits))
 
 
 def save_figures(vae, test_images, test_digits, test_z_mean, class_names, config):
@@ -226,18 +209,11 @@ def explore(config):
                                         class_names=load_class_names(config.output_dir)))
 
 
-# ## Run: data, training, evaluation, figures
-
-
-def parse_settings(argv=None):
-    """The run's settings: the constants above, each changed by its flag."""
-    return parse_hyperparameters(
-        globals(), argv, checks={"IMAGE_SIZE": conv_filters},
-        choices={"LR_SCHEDULE": LEARNING_RATE_SCHEDULES, "CHANNELS": (1, 3)})
+# ## Run: data, model, training, evaluation, figures
 
 
 def main(argv=None):
-    config = parse_settings(argv)
+    config = parse_settings(globals(), argv)
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
@@ -255,10 +231,7 @@ def main(argv=None):
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
             vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta,
                             image_shape=test_images.shape[1:], num_classes=len(class_names))
-        train(vae, train_data, test_data, config.epochs, config.learning_rate,
-              config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
-              lr_warmup_fraction=config.lr_warmup_fraction,
-              kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles)
+        train(vae, train_data, test_data, config)
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.

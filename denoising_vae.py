@@ -28,20 +28,20 @@ Run `python denoising_vae.py` (5 epochs, a few minutes on a laptop CPU);
 # ## Setup
 
 import argparse
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from errors import run_main
-from evaluation import seeded_choice, write_metrics
-from hyperparameters import parse_hyperparameters
-from image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
-from runs import load_run_config, load_trained_model, precision, start_run
-from training_loops import (LEARNING_RATE_SCHEDULES, VAE, conv_filters, feature_map_size,
-                            train)
+from support.batch_prediction import decode_in_batches, encode_in_batches
+from support.errors import run_main
+from support.evaluation import seeded_choice, write_metrics
+from support.flags import parse_settings
+from support.image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
+from support.numerics import precision
+from support.run_folder import load_run_config, load_trained_model, start_run
+from training_loops import VAE, conv_filters, feature_map_size, train
 from visualization_utils import (
     RestorationExplorer,
     check_explorer_can_open,
@@ -53,16 +53,10 @@ from visualization_utils import (
 
 # ## Hyperparameters
 # Each constant below is also a command-line flag: LATENT_DIM is --latent-dim.
+# The options every chapter shares (data, evaluation, files) are listed by --help.
 
 # Data
 CORRUPTION = "blur"  # the damage to undo: blur (the reference's), noise, salt_and_pepper, occlusion
-DATA_DIR = ""  # your own images instead of MNIST: a folder of them (subfolders are read too)
-TEST_FRACTION = 0.1  # with DATA_DIR: the share of its images held out (seeded) for testing
-STREAM_FROM_DISK = False  # with DATA_DIR: read training images from disk (done if too many)
-TRAIN_SAMPLES = 60_000  # training images used (MNIST has 60,000; of DATA_DIR, at most this many)
-TEST_SAMPLES = 10_000  # test images evaluated (MNIST has 10,000; of DATA_DIR, at most this many)
-IMAGE_SIZE = 28  # side of the square images, resized from MNIST's 28 (the model grows with it)
-CHANNELS = 1  # 1: grey; 3: colour (MNIST's grey as red, green and blue)
 # Model
 LATENT_DIM = 16  # size of z; restoring one digit's strokes needs more than 2
 BETA = 1.0  # weight of the KL term: 1 is the reference's VAE, >1 smoother z, <1 sharper images
@@ -76,16 +70,6 @@ LR_WARMUP_FRACTION = 0.05  # with cosine, the share of the steps spent climbing 
 KL_WARMUP_EPOCHS = 0  # epochs over which the KL weight climbs from 0 to BETA (0: off, the reference)
 KL_CYCLES = 0  # instead, climb from 0 to BETA this many times over the run (0: off)
 SEED = 42  # seeds weights, shuffling, sampling and noise: same seed, same run
-MIXED_PRECISION = False  # compute in bfloat16: faster only on hardware with bfloat16 units (see README)
-# Evaluation
-IWAE_SAMPLES = 100  # draws of z per test image for the log-likelihood bound (1 gives the ELBO)
-# Half the conditional chapters' 100 images: this run is half as long, and the bound costs as much.
-IWAE_IMAGES = 50  # test images (a seeded choice) the log-likelihood is estimated on
-RESTORATION_IMAGES = 2_000  # test images (a seeded choice) restored and scored by PSNR and SSIM
-# Figures
-EXAMPLES_SHOWN = 12  # test digits drawn in restorations.png
-# Output
-OUTPUT_DIR = Path(__file__).resolve().parent / "outputs" / "denoising_vae"  # where files go
 
 
 # ## Data
@@ -254,7 +238,7 @@ def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE):
 def restore(vae, damaged):
     """Decodes the posterior mean z_mean: the model's single best guess of
     the clean digit, without the noise that sampling z would add."""
-    return vae.predict_images(vae.predict_z_mean(damaged))
+    return decode_in_batches(vae, encode_in_batches(vae, damaged))
 
 
 def scored_test_images(damaged, clean, config):
@@ -312,8 +296,7 @@ def restoration_metrics(corrupted, restored, corruption):
     }
 
 
-# ## Figures
-
+# #
 
 def save_figures(damaged, restored, clean, psnr_damaged, psnr_restored, config):
     output_dir = config.output_dir
@@ -351,19 +334,14 @@ def explore(config, images_shown=100):
                                              clean, run.corruption))
 
 
-# ## Run: data, training, evaluation, figures
-
-
-def parse_settings(argv=None):
-    """The run's settings: the constants above, each changed by its flag."""
-    return parse_hyperparameters(
-        globals(), argv, checks={"IMAGE_SIZE": conv_filters},
-        choices={"CORRUPTION": CORRUPTIONS, "LR_SCHEDULE": LEARNING_RATE_SCHEDULES,
-                 "CHANNELS": (1, 3)})
+# ## Run: data, model, training, evaluation, figures
 
 
 def main(argv=None):
-    config = parse_settings(argv)
+    config = parse_settings(globals(), argv, choices={"CORRUPTION": CORRUPTIONS},
+                            # Half the conditional chapters' 100 images: this run is half
+                            # as long, and the bound costs as much per image.
+                            IWAE_IMAGES=50, RESTORATION_IMAGES=2_000)
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:
@@ -382,10 +360,7 @@ def main(argv=None):
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
             vae = build_vae(config.latent_dim, config.seed, config.beta,
                             image_shape=test_images.shape[1:])
-        train(vae, train_data, test_data, config.epochs, config.learning_rate,
-              config.output_dir, resume=config.resume, lr_schedule=config.lr_schedule,
-              lr_warmup_fraction=config.lr_warmup_fraction,
-              kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles)
+        train(vae, train_data, test_data, config)
         stopwatch.lap("training")
         scored_damaged, scored_clean = scored_test_images(test_damaged, test_images, config)
         restored = restore(vae, scored_damaged)

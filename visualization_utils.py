@@ -31,9 +31,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
 
-from errors import RunError
-from image_data import DIGIT_NAMES
-from runs import atomic_path, read_history
+from support.errors import RunError
+from support.image_data import DIGIT_NAMES
+from support.run_folder import atomic_path, read_history
 
 # The most classes a figure with a row or a panel per class shows.
 CLASSES_SHOWN = 20

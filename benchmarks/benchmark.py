@@ -68,9 +68,9 @@ import tensorflow as tf  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
-from image_data import (NUM_CLASSES, load_image_folder, load_mnist_images,  # noqa: E402
+from support.image_data import (NUM_CLASSES, load_image_folder, load_mnist_images,  # noqa: E402
                         make_dataset)
-from runs import make_reproducible, precision  # noqa: E402
+from support.numerics import make_reproducible, precision  # noqa: E402
 from training_loops import conv_filters, train  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype

@@ -33,11 +33,12 @@ import keras  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
-from digit_classifier import classifier_for_run  # noqa: E402
-from evaluation import conditional_accuracy  # noqa: E402
-from hyperparameters import OneLineErrorParser  # noqa: E402
-from image_data import load_images, make_dataset  # noqa: E402
-from runs import make_reproducible, precision, save_json  # noqa: E402
+from support.digit_classifier import classifier_for_run  # noqa: E402
+from support.evaluation import conditional_accuracy  # noqa: E402
+from support.flags import OneLineErrorParser  # noqa: E402
+from support.image_data import load_images, make_dataset  # noqa: E402
+from support.numerics import make_reproducible, precision  # noqa: E402
+from support.run_folder import save_json  # noqa: E402
 from training_loops import train  # noqa: E402
 
 CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from how_much_training import CHAPTERS, measure_training  # noqa: E402
-from hyperparameters import OneLineErrorParser  # noqa: E402
-from runs import save_json  # noqa: E402
+from support.flags import OneLineErrorParser  # noqa: E402
+from support.run_folder import save_json  # noqa: E402
 from visualization_utils import save_figure  # noqa: E402
 
 # The fastest settings found to reach the reference run's quality (the

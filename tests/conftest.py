@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mnist  # noqa: E402
+from support import mnist  # noqa: E402
 from examples.make_shapes_folder import write_shapes_folder  # noqa: E402
 
 def write_mnist_slice(folder, train, test):
@@ -49,21 +49,6 @@ def shapes_folder(tmp_path_factory):
     """40 images of each of three shapes: circle, square, triangle."""
     return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "shapes",
                                images_per_class=40)
-
-
-@pytest.fixture(autouse=True)
-def run_main_keeps_pytest_alive():
-    """`errors.run_main` ends a finished run's process at once (os._exit).
-    Tests call it in pytest's own process, expecting a failure: a run that
-    succeeds instead raises SystemExit(0), which such a test reports,
-    rather than ending pytest with status 0. (A patch of its own, which a
-    test's `monkeypatch.undo()` leaves alone; the real exit is tested in a
-    subprocess.)"""
-    import errors
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(errors, "_exit_at_once", lambda: sys.exit(0))
-        yield
 
 
 @pytest.fixture

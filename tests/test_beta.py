@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 import cvae_onehot
-from hyperparameters import parse_hyperparameters
+from support.flags import parse_hyperparameters
 import training_loops
-from runs import make_reproducible, read_history
+from support.numerics import make_reproducible
+from support.run_folder import read_history
 
 
 def a_batch(batch_size=8):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cvae_onehot
-from hyperparameters import parse_hyperparameters
+from support.flags import parse_hyperparameters
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import cvae_embedding
-from image_data import make_dataset
-from runs import make_reproducible, read_history
+from support.image_data import make_dataset
+from support.numerics import make_reproducible
+from support.run_folder import read_history
 
 
 def concatenation_widths(model):

@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 
 import denoising_vae
-from image_data import images_to_float
-from mnist import load_mnist
-from runs import make_reproducible, read_history
+from support.image_data import images_to_float
+from support.mnist import load_mnist
+from support.numerics import make_reproducible
+from support.run_folder import read_history
 
 
 @pytest.fixture

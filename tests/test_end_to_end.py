@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import cvae_onehot
-import errors
-import mnist
-from errors import TrainingDiverged
-from image_data import make_dataset
-from runs import AllOrNothingBackup, read_history
+from support import errors
+from support import mnist
+from support.errors import TrainingDiverged
+from support.image_data import make_dataset
+from support.run_folder import AllOrNothingBackup, read_history
 from training_loops import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -387,19 +387,3 @@ def test_run_main_turns_known_failures_into_messages(failure, status, message, c
     assert exit_info.value.code == status
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
-
-
-def test_a_successful_run_ends_its_process_with_its_output_written(tmp_path):
-    # run_main ends a finished run at once, without Python's slow shutdown:
-    # what the run printed and wrote must all be there, and the status 0.
-    script = ("import errors, pathlib\n"
-              "def main():\n"
-              f"    pathlib.Path({str(tmp_path / 'out.txt')!r}).write_text('written')\n"
-              "    print('printed', end='')\n"
-              "errors.run_main(main)\n"
-              "print('never reached')\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0
-    assert result.stdout == "printed"
-    assert (tmp_path / "out.txt").read_text() == "written"

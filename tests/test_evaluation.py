@@ -9,12 +9,12 @@ import pytest
 from keras import ops
 
 import denoising_vae
-import digit_classifier
-import mnist
-from errors import RunError
-from evaluation import (_test_losses_per_image, conditional_accuracy,
+from support import digit_classifier
+from support import mnist
+from support.errors import RunError
+from support.evaluation import (_test_losses_per_image, conditional_accuracy,
                         embedding_matches_digit_likeness, importance_weighted_nll)
-from image_data import images_to_float
+from support.image_data import images_to_float
 from training_loops import reconstruction_loss
 
 
@@ -32,7 +32,7 @@ def test_the_shipped_classifier_reads_mnist_digits(test_digits):
 
 
 def test_a_missing_classifier_says_how_to_make_it(tmp_path):
-    with pytest.raises(RunError, match="Make it with: python digit_classifier.py"):
+    with pytest.raises(RunError, match="Make it with: python -m support.digit_classifier"):
         digit_classifier.load_digit_classifier(tmp_path / "none.weights.h5")
 
 

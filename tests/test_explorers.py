@@ -16,8 +16,8 @@ from PIL import Image
 import cvae_embedding
 import cvae_onehot
 import denoising_vae
-import errors
-import image_data
+from support import errors
+from support import image_data
 import visualization_utils
 from training_loops import VAE
 from visualization_utils import LatentExplorer, RestorationExplorer

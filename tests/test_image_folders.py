@@ -15,12 +15,12 @@ import tensorflow as tf
 import cvae_embedding
 import cvae_onehot
 import denoising_vae
-import digit_classifier
-import errors
-import image_data
-from image_data import (ImageFiles, ImageFolderError, images_at_size, load_image_folder,
+from support import digit_classifier
+from support import errors
+from support import image_data
+from support.image_data import (ImageFiles, ImageFolderError, images_at_size, load_image_folder,
                         make_dataset)
-from runs import load_class_names, load_trained_model, read_history
+from support.run_folder import load_class_names, load_trained_model, read_history
 
 
 def load(folder, size=32, channels=3, fraction=0.25, seed=0, train=1000, test=1000,
@@ -313,7 +313,7 @@ def test_the_latent_explorer_offers_the_folder_classes_by_name():
 @pytest.mark.parametrize("change", ["class renamed", "image added"])
 def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, quick_classifier,
                                              without_figures, monkeypatch, capsys):
-    from runs import AllOrNothingBackup
+    from support.run_folder import AllOrNothingBackup
 
     def backup_then_stop(callback):
         original(callback)
@@ -355,7 +355,7 @@ def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, qu
 def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
         chapter, flags, why, tmp_path, shapes_folder, quick_classifier, without_figures,
         monkeypatch, capsys):
-    from runs import AllOrNothingBackup
+    from support.run_folder import AllOrNothingBackup
 
     def backup_then_stop(callback):
         original(callback)

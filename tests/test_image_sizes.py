@@ -10,8 +10,8 @@ import pytest
 import cvae_embedding
 import cvae_onehot
 import denoising_vae
-from image_data import load_mnist_images, resize_images
-from runs import load_trained_model
+from support.image_data import load_mnist_images, resize_images
+from support.run_folder import load_trained_model
 from training_loops import conv_filters, feature_map_size
 
 SIZES = [28, 32, 56, 64, 96, 128]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cvae_onehot
-from image_data import make_dataset
+from support.image_data import make_dataset
 from training_loops import VAE, kl_divergence, reconstruction_loss
 
 

@@ -11,8 +11,8 @@ import pytest
 
 import cvae_onehot
 import denoising_vae
-from image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
-from runs import precision
+from support.image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
+from support.numerics import precision
 from training_loops import kl_divergence, reconstruction_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

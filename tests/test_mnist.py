@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-import mnist
-from mnist import MnistError, load_mnist
+from support import mnist
+from support.mnist import MnistError, load_mnist
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",

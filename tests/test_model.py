@@ -6,8 +6,8 @@ import pytest
 
 import cvae_onehot
 import training_loops
-from image_data import make_dataset
-from runs import make_reproducible
+from support.image_data import make_dataset
+from support.numerics import make_reproducible
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 import cvae_embedding
 import cvae_onehot
-import errors
-import runs
-from runs import RUN_FILES, read_history
+from support import errors
+from support import run_folder as runs
+from support.run_folder import RUN_FILES, read_history
 from test_end_to_end import (history_epochs, interrupt_backup_at_epoch, run_interrupted,
                              run_script)
 

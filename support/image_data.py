@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from errors import RunError
-from mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
+from support.errors import RunError
+from support.mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
 __all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
            "ShuffleByEpoch", "folder_fingerprint", "images_at_size", "images_to_float",

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from errors import RunError
+from support.errors import RunError
 
 NUM_CLASSES = 10  # MNIST's digits 0-9
 IMAGE_SHAPE = (28, 28, 1)  # height, width, channels of an MNIST image

@@ -1,9 +1,12 @@
-"""Command-line flags made from the constants at the top of a chapter.
+"""Command-line flags: a chapter's hyperparameters and the options every
+chapter shares.
 
-Plumbing, not part of the lesson. A chapter's "# ## Hyperparameters" block is
-the one place its defaults live; `parse_hyperparameters` reads that block and
-turns every UPPER_CASE constant into a flag (LATENT_DIM becomes
---latent-dim), with the constant's trailing comment as its help text.
+Support, not part of the lesson. A chapter's "# ## Hyperparameters" block is
+the one place its defaults live; `parse_settings` reads that block and turns
+every UPPER_CASE constant into a flag (LATENT_DIM becomes --latent-dim),
+with the constant's trailing comment as its help text. The options that no
+reader tweaks to learn (where the images come from, how many are evaluated
+and drawn, where the files go) are declared once, in RUN_OPTIONS below.
 """
 
 import argparse
@@ -13,6 +16,44 @@ import math
 import tokenize
 from pathlib import Path
 
+from training_loops import LEARNING_RATE_SCHEDULES, conv_filters
+
+# The options every chapter shares: NAME: (default, help). A chapter may give
+# another default (the denoiser evaluates fewer images); one whose default is
+# None is offered only by a chapter that gives it one.
+RUN_OPTIONS = {
+    # Data
+    "DATA_DIR": ("", "your own images instead of MNIST: a folder with one subfolder per "
+                 "class (the denoiser reads any folder of images, subfolders too)"),
+    "TEST_FRACTION": (0.1, "with DATA_DIR: the share of its images held out (seeded) for "
+                      "testing"),
+    "STREAM_FROM_DISK": (False, "with DATA_DIR: read training images from disk (done if "
+                         "too many)"),
+    "TRAIN_SAMPLES": (60_000, "training images used (MNIST has 60,000; of DATA_DIR, at "
+                      "most this many)"),
+    "TEST_SAMPLES": (10_000, "test images evaluated (MNIST has 10,000; of DATA_DIR, at most "
+                     "this many)"),
+    "IMAGE_SIZE": (28, "side of the square images, resized from MNIST's 28 (the model grows "
+                   "with it)"),
+    "CHANNELS": (1, "1: grey; 3: colour (MNIST's grey as red, green and blue)"),
+    # Computation
+    "MIXED_PRECISION": (False, "compute in bfloat16: faster only on hardware with bfloat16 "
+                        "units (see docs/speed.md)"),
+    # Evaluation
+    "IWAE_SAMPLES": (100, "draws of z per test image for the log-likelihood bound (1 gives "
+                     "the ELBO)"),
+    "IWAE_IMAGES": (100, "test images (a seeded choice) the log-likelihood is estimated on"),
+    "RESTORATION_IMAGES": (None, "test images (a seeded choice) restored and scored by PSNR "
+                           "and SSIM"),
+    # Figures and files
+    "EXAMPLES_SHOWN": (12, "test images drawn in the reconstructions or restorations figure"),
+    "OUTPUT_DIR": (None, "where files go (default: outputs/<chapter> beside the chapter)"),
+}
+
+# The values a flag may take, and the checks that refuse others in one line.
+CHOICES = {"LR_SCHEDULE": LEARNING_RATE_SCHEDULES, "CHANNELS": (1, 3)}
+CHECKS = {"IMAGE_SIZE": conv_filters}
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, with exit status 2."""
@@ -21,23 +62,24 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_hyperparameters(script_globals, argv=None,
-                          non_negative=("SEED", "BETA", "LR_WARMUP_FRACTION",
-                                        "KL_WARMUP_EPOCHS", "KL_CYCLES"), choices=None,
-                          checks=None):
-    """Turns a script's top-level UPPER_CASE constants into flags.
+# Numbers that may be 0; every other number must be positive.
+NON_NEGATIVE = {"SEED", "BETA", "LR_WARMUP_FRACTION", "KL_WARMUP_EPOCHS", "KL_CYCLES"}
 
-    Every UPPER_CASE constant (a bool, int, float, str or Path) assigned in
-    the script's "# ## Hyperparameters" section becomes `--lower-case-name`;
-    its trailing comment is its help text and its value the default.
-    Numbers must be positive, except the names in `non_negative`; `choices`
-    maps a NAME to its allowed values, and `checks` to a function that
-    raises ValueError, with a one-line reason, for a value it refuses.
-    Returns an `argparse.Namespace` with lower-case names, plus `resume`,
-    `overwrite`, `explore` and `script`.
+
+def parse_settings(script_globals, argv=None, choices=None, **run_option_defaults):
+    """The run's settings: a chapter's hyperparameters and the shared run
+    options, each changed by its flag.
+
+    Every UPPER_CASE constant (a bool, int, float or str) assigned in the
+    chapter's "# ## Hyperparameters" section becomes `--lower-case-name`,
+    with its trailing comment as help text and its value as default; so
+    does every entry of RUN_OPTIONS, with its default or the chapter's
+    (`IWAE_IMAGES=50`). `choices` maps a chapter's NAME to its allowed
+    values. Returns an `argparse.Namespace` with lower-case names, plus
+    `resume`, `overwrite`, `explore` and `script`.
     """
-    choices, checks = choices or {}, checks or {}
-    script = Path(script_globals["__file__"])
+    choices = {**CHOICES, **(choices or {})}
+    script = Path(script_globals["__file__"]).resolve()
     parser = OneLineErrorParser(
         prog=script.name,
         description=(script_globals.get("__doc__") or "").strip().splitlines()[0],
@@ -46,20 +88,16 @@ def parse_hyperparameters(script_globals, argv=None,
         epilog="MNIST_PATH (environment): a Keras mnist.npz or a folder of the "
         "four MNIST IDX files to use instead of downloading.",
     )
+    hyperparameters = parser.add_argument_group("hyperparameters (the constants at the top "
+                                                f"of {script.name})")
     for name, comment in _top_level_constants(script):
-        default = script_globals[name]
-        flag = "--" + name.lower().replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, default=default, help=comment,
-                                action=argparse.BooleanOptionalAction)
-        elif name in choices:
-            parser.add_argument(flag, default=default, help=comment, type=type(default),
-                                choices=list(choices[name]))
-        else:
-            parser.add_argument(flag, default=default, help=comment, metavar=name,
-                                type=_value_parser(default, name in non_negative,
-                                                   *INTEGER_LIMITS.get(name, (INTEGER_LIMIT, "")),
-                                                   below_one=name in FRACTIONS))
+        _add_flag(hyperparameters, name, script_globals[name], comment, choices)
+    run_options = parser.add_argument_group("run options (shared by every chapter)")
+    defaults = {name: default for name, (default, _) in RUN_OPTIONS.items()}
+    defaults.update(run_option_defaults, OUTPUT_DIR=script.parent / "outputs" / script.stem)
+    for name, (_, comment) in RUN_OPTIONS.items():
+        if defaults[name] is not None:
+            _add_flag(run_options, name, defaults[name], comment, choices)
     # A run never replaces an earlier one in its folder unless told to.
     earlier_run = parser.add_mutually_exclusive_group()
     earlier_run.add_argument(
@@ -86,13 +124,28 @@ def parse_hyperparameters(script_globals, argv=None,
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     _check_kl_annealing(parser, config)
     _check_mnist_sample_counts(parser, config)
-    for name, check in checks.items():
+    for name, check in CHECKS.items():
         value = getattr(config, name.lower())
         try:
             check(value)
         except ValueError as error:
             parser.error(f"--{name.lower().replace('_', '-')} {value}: {error}")
     return config
+
+
+def _add_flag(parser, name, default, comment, choices):
+    flag = "--" + name.lower().replace("_", "-")
+    if isinstance(default, bool):
+        parser.add_argument(flag, default=default, help=comment,
+                            action=argparse.BooleanOptionalAction)
+    elif name in choices:
+        parser.add_argument(flag, default=default, help=comment, type=type(default),
+                            choices=list(choices[name]))
+    else:
+        parser.add_argument(flag, default=default, help=comment, metavar=name,
+                            type=_value_parser(default, name in NON_NEGATIVE,
+                                               *INTEGER_LIMITS.get(name, (INTEGER_LIMIT, "")),
+                                               below_one=name in FRACTIONS))
 
 
 def _check_kl_annealing(parser, config):

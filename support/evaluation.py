@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from digit_classifier import load_digit_classifier
-from image_data import make_dataset, resize_images
-from runs import read_history, save_json
+from support.digit_classifier import load_digit_classifier
+from support.image_data import make_dataset, resize_images
+from support.run_folder import read_history, save_json
 from training_loops import reconstruction_loss
 from visualization_utils import cosine_similarity
 

@@ -4,8 +4,8 @@ digit it was asked for.
 Not part of the VAE lesson. The conditional chapters promise that asking
 the decoder for a 7 gives a 7; `evaluation.conditional_accuracy` checks it
 by showing the decoded images to this classifier. Its weights ship with the
-repository (models/digit_classifier.weights.h5, 160 KB), so a run needs no
-extra training; `python digit_classifier.py` makes them again from the seed
+repository (support/digit_classifier.weights.h5, 160 KB), so a run needs no
+extra training; `python -m support.digit_classifier` makes them again from the seed
 below (5 epochs on MNIST's 60,000 training images, about 3 minutes on a
 2-core CPU) and prints the test accuracy: 99.16% for the shipped weights.
 
@@ -24,14 +24,15 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from errors import RunError, run_main
-from hyperparameters import OneLineErrorParser
-from image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, images_at_size,
+from support.errors import RunError, run_main
+from support.flags import OneLineErrorParser
+from support.image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, images_at_size,
                         load_mnist_images, make_dataset, resize_images)
-from mnist import keras_datasets_dir
-from runs import atomic_path, make_reproducible
+from support.mnist import keras_datasets_dir
+from support.numerics import make_reproducible
+from support.run_folder import atomic_path
 
-WEIGHTS_PATH = Path(__file__).resolve().parent / "models" / "digit_classifier.weights.h5"
+WEIGHTS_PATH = Path(__file__).resolve().parent / "digit_classifier.weights.h5"
 
 EPOCHS = 5
 BATCH_SIZE = 128
@@ -61,7 +62,7 @@ def load_digit_classifier(path=WEIGHTS_PATH):
     except Exception as error:  # missing, damaged or of another model
         first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
         raise RunError(f"cannot load the digit classifier from {path}: {first_line}. "
-                       "Make it with: python digit_classifier.py") from None
+                       "Make it with: python -m support.digit_classifier") from None
     return classifier
 
 

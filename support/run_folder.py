@@ -1,14 +1,13 @@
-"""A chapter's run outside the lesson: its settings, folder, files and clock.
+"""A chapter's run outside the lesson: its folder, files and clock.
 
-Plumbing, not part of the lesson:
+Support, not part of the lesson:
 
 * `start_run` opens every training run (taking the output folder, a check
-  that a --resume continues the same run, seeding with `make_reproducible`,
-  config.json) and closes it (timings.json, removing the backup);
-* `precision` builds a model in float32 or mixed bfloat16;
-* `prepare_output_dir` gets the folder ready for `training_loops.train`;
-  `read_history` reads the history.csv that `fit` writes there, and
-  `AllOrNothingBackup` keeps the backup that --resume continues from;
+  that a --resume continues the same run, seeding, config.json) and closes
+  it (timings.json, removing the backup);
+* `training_callbacks` are the bookkeeping `training_loops.train` hands
+  `fit`: history.csv, which `read_history` reads back, and the
+  `AllOrNothingBackup` that --resume continues from;
 * `load_trained_model`, `load_run_config` and `load_class_names` read back
   what a finished run saved, for --explore.
 
@@ -40,8 +39,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from errors import RunError, RunInterrupted
-from image_data import DIGIT_NAMES, folder_fingerprint
+from support.numerics import make_reproducible
+from support.errors import RunError, RunInterrupted, TrainingDiverged
+from support.image_data import ShuffleByEpoch, folder_fingerprint
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume. (Streaming from disk
@@ -147,10 +147,6 @@ def _refuse_foreign_files(output_dir):
     foreign = sorted(path.name for path in output_dir.iterdir() if path.name not in owned)
     if not foreign:
         return
-    if "config.json" in foreign and not (output_dir / RUN_FILES).exists():
-        raise RunError(f"{output_dir} holds a run of an earlier version of this project, "
-                       "which did not list the files it wrote: move it away or delete "
-                       "it, or give --output-dir a new folder")
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
     raise RunError(f"{output_dir} holds files that no run of this project wrote "
                    f"({shown}): give --output-dir an empty or new folder")
@@ -191,12 +187,8 @@ def check_resumable(config, output_dir):
         return
     saved = json.loads(saved_path.read_text())
     current = json.loads(json.dumps(vars(config), default=str))
-    # A setting the interrupted run's config.json lacks was added to the
-    # script since; it cannot be compared, so it does not count as changed.
-    changed = sorted(
-        key for key in (current.keys() & saved.keys()) - RUN_ONLY_SETTINGS
-        if saved[key] != current[key]
-    )
+    changed = sorted(key for key in (current.keys() | saved.keys()) - RUN_ONLY_SETTINGS
+                     if saved.get(key) != current.get(key))
     if "data_files" in changed:
         raise RunError(f"the images in --data-dir {config.data_dir} are not those of the "
                        f"interrupted run ({saved['data_files']} then, {current['data_files']} "
@@ -208,31 +200,6 @@ def check_resumable(config, output_dir):
               f"({details}). Use the same values, or start afresh without --resume.",
               file=sys.stderr)
         sys.exit(2)
-
-
-def make_reproducible(seed):
-    """Same seed, same run: seeds Python, NumPy and TensorFlow (initial
-    weights, shuffling, sampling noise) and asks TensorFlow for deterministic
-    kernels. Two runs then agree to float32 rounding: now and then a loss
-    differs in its 7th significant digit, a difference that remains on this
-    CPU even with deterministic ops and a single thread."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
-@contextlib.contextmanager
-def precision(mixed):
-    """Layers made inside `with precision(mixed):` compute in float32 (the
-    reference's setting) or, if `mixed`, in bfloat16 while their weights, the
-    optimizer state and the losses stay float32 ("mixed_bfloat16"). bfloat16
-    keeps float32's range, so unlike float16 it needs no loss scaling. A
-    layer keeps its precision for good, also when saved and reloaded."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 class Stopwatch:
@@ -286,14 +253,48 @@ def _finish_run(config, stopwatch):
 # ---------------------------------------------------------------------------
 
 
-def prepare_output_dir(output_dir, model_name, resume, logged_columns=()):
+def training_callbacks(vae, output_dir, resume):
+    """The run's bookkeeping during `fit`, as Keras callbacks, and the epoch
+    `fit` starts from: 0, or the epochs an interrupted run backed up.
+
+    TerminateOnNaN stops a run whose loss diverged; CSVLogger writes one row
+    of history.csv per finished epoch; `AllOrNothingBackup` saves the
+    weights, the optimizer state and the sampler's random state at the end
+    of each epoch (and restores them when a --resume starts); ShuffleByEpoch
+    makes each epoch's order depend on the epoch's number alone, so a
+    resumed run trains on the batches an uninterrupted one would. The
+    backup outlives `fit`, so a run stopped while it evaluates or draws
+    still resumes without training again; the run removes it once every
+    output is written.
+    """
+    history_path, backup_dir = prepare_output_dir(output_dir, resume)
+    backup = AllOrNothingBackup(backup_dir)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        # CSVLogger comes before the backup: if a run stops between the two,
+        # the row of an epoch that was not backed up is dropped on resume.
+        keras.callbacks.CSVLogger(history_path, append=True),
+        backup,
+        ShuffleByEpoch(),
+    ]
+    return callbacks, backup.finished_epochs()
+
+
+def raise_if_diverged(history):
+    """A RunError if `fit`'s last epoch ended with a NaN or infinite loss."""
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingDiverged(f"the loss became {losses[-1]} in epoch {history.epoch[-1] + 1}. "
+                               "Try a smaller --learning-rate.")
+
+
+def prepare_output_dir(output_dir, resume):
     """Gets `output_dir` ready for `fit` and returns the paths of its
     history.csv and of its backup folder.
 
     A fresh run starts without a backup (else `fit` would restore it), and
     `fit` writes history.csv anew. A --resume keeps the backup and only the
-    rows of history.csv of the epochs the backup holds, and adds the
-    `logged_columns` its header lacks (see `add_history_columns`).
+    rows of history.csv of the epochs the backup holds.
     """
     output_dir = Path(output_dir)
     history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
@@ -304,7 +305,6 @@ def prepare_output_dir(output_dir, model_name, resume, logged_columns=()):
         print(f"Resuming after epoch {finished}." if finished
               else "Nothing to resume: starting from epoch 1.", flush=True)
         _keep_history_rows(history_path, finished)
-        add_history_columns(history_path, logged_columns)
     else:
         discard_backup(output_dir)
         history_path.unlink(missing_ok=True)
@@ -319,50 +319,79 @@ def discard_backup(output_dir):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class AllOrNothingBackup(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, safe against a stop at any instant.
+# The backup's files.
+BACKUP_WEIGHTS = "latest.weights.h5"  # the model's weights and the optimizer's state
+BACKUP_RANDOM_STATE = "random_state.npz"  # the seed generators' states
+BACKUP_METADATA = "training_metadata.json"  # the number of finished epochs
 
-    Keras writes its backup (the weights with the optimizer state, and the
-    number of finished epochs) in place, so a run stopped while it writes
-    leaves a backup that cannot be loaded, and --resume fails. Here each
-    epoch's backup is first written whole into a folder of its own, which
-    then takes the place of the previous backup by two renames. At every
-    instant one complete backup exists: `backup/`, or, between the two
-    renames, `backup.previous/`, which `recover_backup` puts back.
 
-    The backup also carries the run's config.json, so that a --resume is
-    compared with the settings of the run it continues, whatever happened to
-    the folder's config.json since.
+class AllOrNothingBackup(keras.callbacks.Callback):
+    """Keeps the backup that --resume continues from, safe against a stop at
+    any instant.
+
+    At the end of each epoch it saves the weights with the optimizer state
+    (Adam's averages and step counter, which the schedules read), the state
+    of the sampler's random generator (which Keras does not count among the
+    weights: restoring it makes a resumed run draw the noise the
+    uninterrupted run would) and the number of finished epochs; when
+    training begins, it restores whatever backup there is. (`fit` itself
+    starts at the epoch `finished_epochs` returns.)
+
+    Each epoch's backup is first written whole into a folder of its own,
+    which then takes the place of the previous backup by two renames. At
+    every instant one complete backup exists: `backup/`, or, between the two
+    renames, `backup.previous/`, which `recover_backup` puts back. The backup
+    also carries the run's config.json, so that a --resume is compared with
+    the settings of the run it continues, whatever happened to the folder's
+    config.json since.
     """
 
     def __init__(self, backup_dir):
-        super().__init__(backup_dir, delete_checkpoint=False)
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def finished_epochs(self):
+        recover_backup(self.backup_dir)
+        return _finished_epochs(self.backup_dir)
 
     def on_train_begin(self, logs=None):
-        recover_backup(self.backup_dir)
-        super().on_train_begin(logs)  # restores weights, optimizer and epoch
+        if self.finished_epochs():
+            # The optimizer's variables must exist for its state to load.
+            if not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.backup_dir / BACKUP_WEIGHTS)
+            saved = np.load(self.backup_dir / BACKUP_RANDOM_STATE)
+            for index, variable in enumerate(_random_states(self.model)):
+                variable.assign(saved[str(index)])
 
     def on_epoch_end(self, epoch, logs=None):
         # An epoch that TerminateOnNaN cut short leaves NaN weights: the
         # backup keeps the last epoch that ended well.
         if np.isfinite((logs or {}).get("loss", 0.0)):
-            super().on_epoch_end(epoch, logs)
+            self.save_backup(finished_epochs=epoch + 1)
 
-    def _save_model(self):
-        backup_dir = Path(self.backup_dir)
-        staging, previous = _backup_siblings(backup_dir)
-        recover_backup(backup_dir)
+    def save_backup(self, finished_epochs):
+        staging, previous = _backup_siblings(self.backup_dir)
+        recover_backup(self.backup_dir)
         staging.mkdir(parents=True)
-        self.model.save_weights(staging / Path(self._weights_path).name)
-        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        (staging / Path(self._training_metadata_path).name).write_text(json.dumps(metadata))
-        run_config = backup_dir.parent / "config.json"
+        self.model.save_weights(staging / BACKUP_WEIGHTS)
+        np.savez(staging / BACKUP_RANDOM_STATE,
+                 **{str(index): keras.ops.convert_to_numpy(variable)
+                    for index, variable in enumerate(_random_states(self.model))})
+        (staging / BACKUP_METADATA).write_text(json.dumps({"epoch": finished_epochs}))
+        run_config = self.backup_dir.parent / "config.json"
         if run_config.exists():
             shutil.copyfile(run_config, staging / run_config.name)
-        if backup_dir.exists():
-            os.replace(backup_dir, previous)
-        os.replace(staging, backup_dir)
+        if self.backup_dir.exists():
+            os.replace(self.backup_dir, previous)
+        os.replace(staging, self.backup_dir)
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _random_states(model):
+    """The model's variables that are not weights: its seed generators' states."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
 
 
 def recover_backup(backup_dir):
@@ -386,7 +415,7 @@ def _backup_siblings(backup_dir):
 
 def _finished_epochs(backup_dir):
     """Epochs finished by an interrupted run, read from its backup."""
-    metadata = backup_dir / "training_metadata.json"  # BackupAndRestore's file
+    metadata = backup_dir / BACKUP_METADATA
     if not metadata.exists():
         return 0
     return json.loads(metadata.read_text())["epoch"]
@@ -404,30 +433,6 @@ def _keep_history_rows(history_path, epochs):
         lines = file.readlines()
     with atomic_path(history_path) as temporary, open(temporary, "w", newline="") as file:
         file.writelines(lines[: 1 + epochs])
-
-
-def add_history_columns(history_path, columns):
-    """Adds to history.csv the `columns` its header lacks, with NA in the
-    rows already there, in the order Keras' CSVLogger writes ("epoch", then
-    the rest sorted).
-
-    A run resumed by a newer version of the code may log columns the
-    interrupted run did not. CSVLogger, appending, keeps the old header, so
-    the new rows' values would slide under the wrong names.
-    """
-    if not history_path.exists():
-        return
-    with open(history_path, newline="") as file:
-        reader = csv.DictReader(file)
-        rows, header = list(reader), reader.fieldnames or ["epoch"]
-    if set(columns) <= set(header):
-        return
-    header = ["epoch", *sorted((set(header) | set(columns)) - {"epoch"})]
-    with atomic_path(history_path) as temporary, open(temporary, "w", newline="") as file:
-        # CSVLogger's rows end in \r\n, as csv's writer ends them too.
-        writer = csv.DictWriter(file, header, restval="NA")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def read_history(history_csv):
@@ -461,11 +466,6 @@ def load_trained_model(output_dir, model_name):
     if vae.name != model_name:
         raise RunError(f"{path} holds a {vae.name} model, not one of {model_name}.py. "
                        f"{retrain}")
-    # Models saved before the decoder handed out logits end in a sigmoid;
-    # `VAE.decode` would apply a second one and draw grey images.
-    if vae.decoder.layers[-1].get_config().get("activation") == "sigmoid":
-        raise RunError(f"{path} was saved by an earlier version of this project, "
-                       f"whose decoder ended in a sigmoid. {retrain}")
     return vae
 
 
@@ -480,11 +480,8 @@ def save_class_names(class_names, output_dir):
 
 
 def load_class_names(output_dir):
-    """The class names a run saved (MNIST's digits for a run that saved none:
-    one of an earlier version)."""
+    """The class names a run saved."""
     path = Path(output_dir) / CLASS_NAMES_FILE
-    if not path.exists():
-        return DIGIT_NAMES
     try:
         names = json.loads(path.read_text())
     except (OSError, ValueError) as error:
