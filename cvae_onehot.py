@@ -30,7 +30,7 @@ from support.digit_classifier import classifier_for_run
 from support.batch_prediction import decode_in_batches, encode_in_batches
 from support.errors import run_main
 from support.evaluation import conditional_accuracy, write_metrics
-from support.flags import parse_settings
+from support import flags
 from support.image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
 from support.numerics import precision
 from support.run_folder import load_class_names, load_trained_model, save_class_names, start_run
@@ -182,8 +182,14 @@ def explore(config):
 # ## Run: data, model, training, evaluation, figures
 
 
+def parse_settings(argv=None):
+    """The run's settings: the constants above and the options every chapter
+    shares, each changed by its flag."""
+    return flags.parse_settings(globals(), argv)
+
+
 def main(argv=None):
-    config = parse_settings(globals(), argv)
+    config = parse_settings(argv)
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:

@@ -37,7 +37,7 @@ from keras import layers
 from support.batch_prediction import decode_in_batches, encode_in_batches
 from support.errors import run_main
 from support.evaluation import seeded_choice, write_metrics
-from support.flags import parse_settings
+from support import flags
 from support.image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
 from support.numerics import precision
 from support.run_folder import load_run_config, load_trained_model, start_run
@@ -337,11 +337,18 @@ def explore(config, images_shown=100):
 # ## Run: data, model, training, evaluation, figures
 
 
+def parse_settings(argv=None):
+    """The run's settings: the constants above and the options every chapter
+    shares, each changed by its flag."""
+    return flags.parse_settings(
+        globals(), argv, choices={"CORRUPTION": CORRUPTIONS},
+        # Half the conditional chapters' 100 images: this run is half as long,
+        # and the bound costs as much per image.
+        IWAE_IMAGES=50, RESTORATION_IMAGES=2_000)
+
+
 def main(argv=None):
-    config = parse_settings(globals(), argv, choices={"CORRUPTION": CORRUPTIONS},
-                            # Half the conditional chapters' 100 images: this run is half
-                            # as long, and the bound costs as much per image.
-                            IWAE_IMAGES=50, RESTORATION_IMAGES=2_000)
+    config = parse_settings(argv)
     if config.explore:
         return explore(config)
     with start_run(config) as stopwatch:

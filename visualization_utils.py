@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.widgets import RadioButtons, Slider
 
 from support.errors import RunError
+from support.evaluation import cosine_similarity
 from support.image_data import DIGIT_NAMES
 from support.run_folder import atomic_path, read_history
 
@@ -290,12 +291,6 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
     )
     plot_training_curves(output_dir / "history.csv", output_dir / "training_curves.png",
                          loss_scale, beta)
-
-
-def cosine_similarity(vectors):
-    """The (n, n) matrix of cos(angle) between every pair of row vectors."""
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return unit @ unit.T
 
 
 def plot_label_embedding(vectors, path, class_names=DIGIT_NAMES):

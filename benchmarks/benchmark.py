@@ -86,6 +86,7 @@ class Chapter(NamedTuple):
     # (images, digits, classes) -> (inputs, targets): the script's own pairing
     inputs_and_targets: Callable
     shuffle_buffer: int | None  # None: the whole training set
+    settings: Callable  # argv -> the script's settings, as its flags give them
 
 
 CHAPTERS = {
@@ -94,6 +95,7 @@ CHAPTERS = {
             cvae_onehot.LATENT_DIM, seed=0, beta=1.0, image_shape=shape, num_classes=classes),
         cvae_onehot.inputs_and_targets,
         None,
+        cvae_onehot.parse_settings,
     ),
     "cvae_embedding": Chapter(
         lambda shape, classes=NUM_CLASSES: cvae_embedding.build_vae(
@@ -102,6 +104,7 @@ CHAPTERS = {
         lambda images, digits, classes=NUM_CLASSES: cvae_embedding.inputs_and_targets(
             images, digits),
         None,
+        cvae_embedding.parse_settings,
     ),
     "denoising_vae": Chapter(
         lambda shape, classes=NUM_CLASSES: denoising_vae.build_vae(
@@ -109,6 +112,7 @@ CHAPTERS = {
         lambda images, digits, classes=NUM_CLASSES: denoising_vae.inputs_and_targets(
             images, denoising_vae.CORRUPTION, seed=0),
         denoising_vae.SHUFFLE_BUFFER,
+        denoising_vae.parse_settings,
     ),
 }
 
@@ -216,8 +220,8 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NU
     # fit's per-epoch lines are hidden, so the benchmark prints only its table.
     with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
           contextlib.redirect_stdout(devnull)):
-        train(vae, train_data, test_data, 1 + repeats, 1e-3, Path(output_dir),
-              extra_callbacks=[timer])
+        settings = chapter.settings(["--epochs", str(1 + repeats), "--output-dir", output_dir])
+        train(vae, train_data, test_data, settings, callbacks=[timer])
     return timer.epochs[1:]
 
 

@@ -149,10 +149,8 @@ def measure_training(chapter_name, chapter_flags=(), after=None):
     vae = build(chapter, config, num_classes)
     measurer = MeasureAfter(after, measure)
     with tempfile.TemporaryDirectory() as scratch:
-        train(vae, train_data, test_data, config.epochs, config.learning_rate, Path(scratch),
-              lr_schedule=config.lr_schedule, lr_warmup_fraction=config.lr_warmup_fraction,
-              kl_warmup_epochs=config.kl_warmup_epochs, kl_cycles=config.kl_cycles,
-              extra_callbacks=[measurer])
+        config.output_dir = Path(scratch)
+        train(vae, train_data, test_data, config, callbacks=[measurer])
     return measurer.rows
 
 

@@ -13,42 +13,21 @@ import tensorflow as tf
 from keras import ops
 
 from support.digit_classifier import load_digit_classifier
-from support.image_data import make_dataset, resize_images
+from support.image_data import resize_images
 from support.run_folder import read_history, save_json
 from training_loops import reconstruction_loss
-from visualization_utils import cosine_similarity
 
 
-def evaluate_per_image(vae, dataset):
-    """Mean reconstruction, KL and total loss (reconstruction + beta * KL)
-    per image over a whole dataset, from one pass of the test step.
-
-    Unlike the chapter's own loss, which averages the batch values on the
-    model's scale, these are averages over the images themselves, so the
-    numbers of all three chapters can be compared directly (at the same beta).
-    """
-    return _per_image_losses(vae, vae.evaluate(dataset, verbose=0, return_dict=True))
-
-
-def _per_image_losses(vae, results, prefix=""):
-    """The test step's per-image averages (`prefix` "val_": as `fit`
-    reports them for the validation data) -> the losses per image."""
-    reconstruction = float(results[prefix + "reconstruction_per_image"])
-    kl = float(results[prefix + "kl_per_image"])
+def _test_losses_per_image(vae, history):
+    """The test losses per image of the last epoch's validation pass, which
+    ran on all test images with the final weights: reconstruction, KL and
+    their total (reconstruction + beta * KL). Unlike `val_loss`, which
+    averages the batch values on the chapter's scale, these average over
+    the images themselves, so the three chapters compare directly."""
+    reconstruction = float(history["val_reconstruction_per_image"][-1])
+    kl = float(history["val_kl_per_image"][-1])
     return {"loss": reconstruction + vae.beta * kl,
             "reconstruction_loss": reconstruction, "kl_loss": kl}
-
-
-def _test_losses_per_image(vae, history, test_pairs, batch_size):
-    """The losses per image of the last epoch's validation pass, which ran
-    on all test images with the final weights, so measuring them again would
-    only draw other z. A history from before the test step averaged per
-    image (a run resumed from an older backup) lacks them, or has NA in
-    their place: they are measured."""
-    last_epoch = {column: values[-1] for column, values in history.items()}
-    if np.isfinite(last_epoch.get("val_reconstruction_per_image", np.nan)):
-        return _per_image_losses(vae, last_epoch, prefix="val_")
-    return evaluate_per_image(vae, make_dataset(*test_pairs, batch_size))
 
 
 def write_metrics(vae, test_pairs, loss_scale, config, train_count, extra=None):
@@ -63,8 +42,7 @@ def write_metrics(vae, test_pairs, loss_scale, config, train_count, extra=None):
         # Averaged over the test images. The last epoch's val_loss differs a
         # little: it averages batch values, so a short last batch weighs as
         # much as a full one.
-        "test_per_image": _test_losses_per_image(vae, history, test_pairs,
-                                                 config.batch_size),
+        "test_per_image": _test_losses_per_image(vae, history),
         "test_negative_log_likelihood": _test_likelihood(vae, test_pairs, config),
         "final_train_loss": float(history["loss"][-1]),
         "final_train_loss_scale": loss_scale,
@@ -248,6 +226,12 @@ def _repeat(array, times):
 # ---------------------------------------------------------------------------
 # Does a learned label embedding place alike digits near each other?
 # ---------------------------------------------------------------------------
+
+
+def cosine_similarity(vectors):
+    """The (n, n) matrix of cos(angle) between every pair of row vectors."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit @ unit.T
 
 
 def embedding_matches_digit_likeness(table, images, digits, seed, permutations=10_000):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import cvae_onehot
-from support.flags import parse_hyperparameters
+from support.flags import parse_settings
 import training_loops
 from support.numerics import make_reproducible
 from support.run_folder import read_history
@@ -61,10 +61,10 @@ def test_beta_zero_turns_off_the_kl_gradient():
 
 
 def test_beta_is_a_flag_that_may_be_zero_but_not_negative(capsys):
-    assert parse_hyperparameters(vars(cvae_onehot), []).beta == 1.0
-    assert parse_hyperparameters(vars(cvae_onehot), ["--beta", "0"]).beta == 0.0
+    assert parse_settings(vars(cvae_onehot), []).beta == 1.0
+    assert parse_settings(vars(cvae_onehot), ["--beta", "0"]).beta == 0.0
     with pytest.raises(SystemExit) as exit_info:
-        parse_hyperparameters(vars(cvae_onehot), ["--beta", "-1"])
+        parse_settings(vars(cvae_onehot), ["--beta", "-1"])
     assert exit_info.value.code == 2
     assert "expected a non-negative number" in capsys.readouterr().err
 
@@ -137,7 +137,7 @@ def test_without_annealing_the_loss_is_exactly_the_reference_loss():
 ])
 def test_bad_annealing_flags_exit_2_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_hyperparameters(vars(cvae_onehot), argv)
+        parse_settings(vars(cvae_onehot), argv)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error

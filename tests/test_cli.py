@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 import cvae_onehot
-from support.flags import parse_hyperparameters
+from support.flags import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parse(argv):
-    return parse_hyperparameters(vars(cvae_onehot), argv)
+    return parse_settings(vars(cvae_onehot), argv)
 
 
 def test_defaults_are_the_constants_at_the_top_of_the_script():
@@ -92,7 +92,7 @@ def test_a_new_constant_in_the_hyperparameter_section_becomes_a_flag(tmp_path):
     '''))
     namespace = {"__file__": str(script), "__doc__": "A chapter.",
                  "DROPOUT": 0.25, "USE_BIAS": True, "ACTIVATION": "relu", "NOT_A_FLAG": 3}
-    config = parse_hyperparameters(namespace, ["--dropout", "0.5", "--no-use-bias",
+    config = parse_settings(namespace, ["--dropout", "0.5", "--no-use-bias",
                                                "--activation", "gelu"])
     assert (config.dropout, config.use_bias, config.activation) == (0.5, False, "gelu")
     assert not hasattr(config, "not_a_flag")

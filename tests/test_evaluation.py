@@ -135,29 +135,5 @@ def test_the_test_loss_per_image_comes_from_the_last_validation_pass():
     vae = SimpleNamespace(beta=2.0)  # no pass is made: the model only lends its beta
     history = {"val_reconstruction_per_image": np.array([300.0, 200.0]),
                "val_kl_per_image": np.array([9.0, 5.0])}
-    assert _test_losses_per_image(vae, history, test_pairs=None, batch_size=32) == {
+    assert _test_losses_per_image(vae, history) == {
         "loss": 210.0, "reconstruction_loss": 200.0, "kl_loss": 5.0}  # 200 + beta * 5
-
-
-@pytest.mark.parametrize("history", [
-    {"val_loss": np.array([1.0])},  # written by a version without the columns
-    {"val_reconstruction_per_image": np.array([np.nan]),  # their NA, once added
-     "val_kl_per_image": np.array([np.nan])},
-])
-def test_without_per_image_columns_the_test_loss_is_measured(test_digits, history):
-    # A run resumed from a backup made before the test step averaged per
-    # image, and not trained further, has no such values: one pass measures them.
-    images, _ = test_digits
-    vae = denoising_vae.build_vae(16, seed=0, beta=2.0)
-    vae.compile(optimizer="adam")
-    damaged, clean = denoising_vae.blur(images[:64]), images[:64]
-    noise_state = vae.sampling.seed_generator.state.numpy()
-    measured = _test_losses_per_image(vae, history, (damaged, clean), batch_size=32)
-    vae.sampling.seed_generator.state.assign(noise_state)  # the same noise again, by hand
-    terms = [vae.per_image_losses(damaged[part], clean[part])
-             for part in (slice(0, 32), slice(32, 64))]
-    reconstruction, kl = (np.mean([ops.convert_to_numpy(batch[term]) for batch in terms])
-                          for term in (0, 1))
-    assert measured["reconstruction_loss"] == pytest.approx(reconstruction, rel=1e-5)
-    assert measured["kl_loss"] == pytest.approx(kl, rel=1e-5)
-    assert measured["loss"] == pytest.approx(reconstruction + 2.0 * kl, rel=1e-5)

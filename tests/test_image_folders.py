@@ -279,7 +279,7 @@ def test_a_chapter_trains_on_a_folder_draws_and_reloads(chapter, size, channels,
     monkeypatch.setattr(chapter, "show_explorer", lambda explorer: explorer)
     explorer = chapter.main(["--explore", "--output-dir", str(output_dir)])
     if chapter is denoising_vae:
-        np.testing.assert_allclose(reloaded.predict_images(z), vae.predict_images(z),
+        np.testing.assert_allclose(decode_in_batches(reloaded, z), decode_in_batches(vae, z),
                                    atol=1e-6)
         # It steps through the folder's own test images, as the run held them out.
         (_, _), (test_images, _), _ = load(shapes_folder, size, channels, 0.25, seed=42,
@@ -315,16 +315,16 @@ def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, qu
                                              without_figures, monkeypatch, capsys):
     from support.run_folder import AllOrNothingBackup
 
-    def backup_then_stop(callback):
-        original(callback)
+    def backup_then_stop(callback, finished_epochs):
+        original(callback, finished_epochs)
         raise KeyboardInterrupt
 
-    original = AllOrNothingBackup._save_model
+    original = AllOrNothingBackup.save_backup
     folder = tmp_path / "data"
     shutil.copytree(shapes_folder, folder)
     flags = ["--data-dir", str(folder), "--image-size", "16", *FOLDER_RUN, "--epochs", "2",
              "--output-dir", str(tmp_path / "run")]
-    monkeypatch.setattr(AllOrNothingBackup, "_save_model", backup_then_stop)
+    monkeypatch.setattr(AllOrNothingBackup, "save_backup", backup_then_stop)
     with pytest.raises(KeyboardInterrupt):
         cvae_onehot.main(flags)
     monkeypatch.undo()
@@ -357,11 +357,11 @@ def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
         monkeypatch, capsys):
     from support.run_folder import AllOrNothingBackup
 
-    def backup_then_stop(callback):
-        original(callback)
+    def backup_then_stop(callback, finished_epochs):
+        original(callback, finished_epochs)
         raise KeyboardInterrupt
 
-    original = AllOrNothingBackup._save_model
+    original = AllOrNothingBackup.save_backup
     run = ["--data-dir", str(shapes_folder), "--image-size", "32", "--channels", "3",
            *FOLDER_RUN, "--epochs", "2", *flags]
     chapter.main([*run, "--output-dir", str(tmp_path / "held")])
@@ -371,7 +371,7 @@ def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
     else:
         monkeypatch.setattr(image_data, "_free_memory", lambda: LITTLE_MEMORY)
     with pytest.MonkeyPatch.context() as interrupt:  # after epoch 1's backup
-        interrupt.setattr(AllOrNothingBackup, "_save_model", backup_then_stop)
+        interrupt.setattr(AllOrNothingBackup, "save_backup", backup_then_stop)
         with pytest.raises(KeyboardInterrupt):
             chapter.main([*run, *streamed])
     # Resumed streamed again (too many to hold), or held (the flag left out:

@@ -5,9 +5,17 @@ import numpy as np
 import pytest
 
 import cvae_onehot
+from support import batch_prediction
+from support.batch_prediction import decode_in_batches, encode_in_batches
 from support.image_data import make_dataset
 from training_loops import VAE, kl_divergence, reconstruction_loss
 
+
+
+def per_image_terms(vae, inputs, targets):
+    """The reconstruction and KL terms of a batch, one value per image each."""
+    losses = vae.batch_losses(inputs, targets)
+    return losses["reconstruction_per_image"], losses["kl_per_image"]
 
 def numpy_bce_per_image(targets, logits):
     """-[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], summed per image, in
@@ -75,7 +83,7 @@ def test_batch_loss_is_mean_or_sum_of_the_per_image_terms():
     encoder, decoder = cvae_onehot.build_encoder(2), cvae_onehot.build_decoder(2)
     inputs, targets = one_hot_batch()
     # Models with the same seed draw the same noise, so their terms agree.
-    per_image = VAE(encoder, decoder, seed=5).per_image_losses(inputs, targets)
+    per_image = per_image_terms(VAE(encoder, decoder, seed=5), inputs, targets)
     reconstruction, kl = (keras.ops.convert_to_numpy(t) for t in per_image)
     mean = VAE(encoder, decoder, "mean", "mean", seed=5).batch_losses(inputs, targets)
     summed = VAE(encoder, decoder, "sum", "sum", seed=5).batch_losses(inputs, targets)
@@ -112,7 +120,7 @@ def test_the_test_step_averages_each_term_over_the_images_not_the_batches():
                            return_dict=True)
     # A twin with the same seed draws the same noise, batch after batch.
     twin = VAE(encoder, decoder, seed=5)
-    batches = [twin.per_image_losses((images[part], labels[part]), targets[part])
+    batches = [per_image_terms(twin, (images[part], labels[part]), targets[part])
                for part in (slice(0, 4), slice(4, 8), slice(8, 10))]
     reconstruction, kl = (np.concatenate([keras.ops.convert_to_numpy(batch[term])
                                           for batch in batches]) for term in (0, 1))
@@ -127,14 +135,14 @@ def test_many_images_go_through_one_graph_whatever_the_batch_sizes():
     encoder, decoder = cvae_onehot.build_encoder(2), cvae_onehot.build_decoder(2)
     vae = VAE(encoder, decoder, seed=5)
     (images, labels), _ = one_hot_batch(10)
-    z_mean = vae.predict_z_mean(images, labels, batch_size=4)  # batches of 4, 4 and 2
+    z_mean = encode_in_batches(vae, images, labels, batch_size=4)  # batches of 4, 4 and 2
     np.testing.assert_allclose(z_mean, keras.ops.convert_to_numpy(encoder([images, labels])[0]),
                                rtol=1e-5, atol=1e-6)
     # float64 codes are cast to the float32 the decoder takes.
-    decoded = vae.predict_images(np.float64(z_mean), labels, batch_size=3)
+    decoded = decode_in_batches(vae, np.float64(z_mean), labels, batch_size=3)
     expected = keras.ops.sigmoid(decoder([z_mean, labels]))
     np.testing.assert_allclose(decoded, keras.ops.convert_to_numpy(expected), rtol=1e-5,
                                atol=1e-6)
     # Compiled once each, although the last batch was short.
-    assert vae._encoder_graph.experimental_get_tracing_count() == 1
-    assert vae._decoder_graph.experimental_get_tracing_count() == 1
+    assert batch_prediction._graph_of(encoder).experimental_get_tracing_count() == 1
+    assert batch_prediction._graph_of(decoder).experimental_get_tracing_count() == 1

@@ -34,7 +34,7 @@ def posterior_mean_losses(vae, inputs, targets):
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_bfloat16_gives_the_float32_losses_of_a_trained_model(chapter, small_mnist):
-    build, inputs_and_targets, _ = CHAPTERS[chapter]
+    build, inputs_and_targets, *_ = CHAPTERS[chapter]
     (train_images, train_digits), (test_images, test_digits) = load_mnist_images(1024, 64)
     full = build(IMAGE_SHAPE)
     full.compile(optimizer=keras.optimizers.Adam(2e-3))

@@ -38,7 +38,9 @@ def test_shapes_through_the_model(digits_batch):
     vae = cvae_onehot.build_vae(latent_dim=3, seed=0, beta=1.0)
     z_mean, z_log_var = vae.encoder([images[:5], cvae_onehot.one_hot(digits[:5])])
     assert z_mean.shape == z_log_var.shape == (5, 3)
-    reconstructions = keras.ops.convert_to_numpy(vae((images[:5], cvae_onehot.one_hot(digits[:5]))))
+    *_, logits = vae((images[:5], cvae_onehot.one_hot(digits[:5])))
+    assert logits.shape == (5, 28, 28, 1)
+    reconstructions = keras.ops.convert_to_numpy(vae.decode(z_mean, cvae_onehot.one_hot(digits[:5])))
     assert reconstructions.shape == (5, 28, 28, 1)
     assert reconstructions.min() >= 0.0 and reconstructions.max() <= 1.0
 

@@ -47,14 +47,6 @@ def test_a_folder_with_files_no_run_wrote_is_left_untouched(tmp_path, small_mnis
     assert (tmp_path / "backup" / "thesis.tex").read_text() == "years of work"
 
 
-def test_a_run_of_a_version_that_listed_no_files_is_named_as_such(tmp_path, capsys):
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "history.csv").write_text("epoch,loss\n")
-    assert run_main_expecting_failure(tmp_path, "--epochs", "1", "--overwrite") == 1
-    assert "holds a run of an earlier version of this project" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "history.csv"]
-
-
 def test_the_current_folder_is_no_output_dir_if_it_holds_other_files(tmp_path, small_mnist,
                                                                      monkeypatch, capsys):
     (tmp_path / "notes.txt").write_text("mine")
@@ -134,38 +126,6 @@ def test_rows_kept_on_resume_keep_the_line_endings_keras_writes(tmp_path, small_
     rows = (tmp_path / "history.csv").read_bytes().split(b"\r\n")
     assert len(rows) == 5 and rows[-1] == b""  # header, three epochs, final newline
     assert all(b"\n" not in row for row in rows)
-
-
-def drop_columns(history_path, dropped):
-    """history.csv as a version of the code that did not log `dropped` wrote it."""
-    with open(history_path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    header = [column for column in rows[0] if column not in dropped]
-    with open(history_path, "w", newline="") as file:
-        writer = csv.DictWriter(file, header, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-@pytest.mark.usefixtures("without_figures")
-def test_a_resume_that_logs_new_columns_keeps_every_value_under_its_name(tmp_path,
-                                                                         small_mnist,
-                                                                         monkeypatch):
-    interrupt_backup_at_epoch(monkeypatch, epoch=0)
-    assert run_main_expecting_failure(tmp_path, "--epochs", "2") == 130
-    monkeypatch.undo()
-    per_image = ["val_kl_per_image", "val_reconstruction_per_image"]
-    drop_columns(tmp_path / "history.csv", per_image)  # as an older version wrote it
-    run_script(tmp_path, "--epochs", "2", "--resume")
-    history = read_history(tmp_path / "history.csv")
-    assert list(history["epoch"]) == [0, 1]
-    assert np.isnan(history["val_kl_per_image"][0])  # the older version logged none
-    # The resumed epoch's values under their own names: the test loss, not
-    # a KL of about 5, under val_loss (the one-hot model's loss is per image).
-    assert history["val_loss"][1] == pytest.approx(
-        history["val_reconstruction_per_image"][1] + history["val_kl_per_image"][1], rel=0.01)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["test_per_image"]["kl_loss"] == history["val_kl_per_image"][1]
 
 
 def test_resume_and_overwrite_cannot_be_combined(tmp_path, capsys):
