@@ -1,18 +1,11 @@
 """The shared lesson: how a variational autoencoder is trained.
 
-Every chapter builds on this file, so read it top to bottom:
-
-1. `Sampling`, the reparameterization trick that lets gradients reach the
-   encoder through a random draw;
-2. the two loss terms, `reconstruction_loss` and `kl_divergence`;
-3. the `VAE` class: encoder -> Sampling -> decoder, and the `train_step`
-   that forms the loss and takes a gradient step;
-4. the learning-rate schedule and KL annealing, two ways to shape a run;
-5. `train`: compile, `fit` with its callbacks, save;
-6. `conv_filters`: how the convolutions grow with the image size.
-
+Read it top to bottom: 1. `Sampling`, the reparameterization trick; 2. the
+two loss terms; 3. the `VAE` class, whose `train_step` forms the loss and
+takes a gradient step; 4. the learning-rate schedule and KL annealing;
+5. `train`: compile, `fit`, save; 6. `conv_filters` for larger images.
 The chapters build their own encoder and decoder and hand them to `VAE`.
-What no chapter teaches (finding MNIST, flags, run folders, backups, fast
+What no chapter teaches (MNIST, flags, run folders, backups, fast
 prediction) lives in the `support` package, which a reader may skip.
 """
 
@@ -99,16 +92,14 @@ BATCH_REDUCTIONS = {"mean": ops.mean,  # average over the images: a loss per ima
 class VAE(keras.Model):
     """Encoder -> Sampling -> decoder, trained on reconstruction + beta * KL.
 
-    Data comes as `(inputs, targets)` pairs: a conditional VAE gets
-    `((images, labels), images)`, and its encoder and decoder both take the
-    labels as a second input; the denoiser gets `(damaged, clean)` images.
-    The decoder outputs one logit per pixel; `decode` applies the sigmoid.
-    `label_embedding`, if given, turns the labels into what the encoder and
-    decoder take (the embedding chapter's learned table): it belongs to the
-    VAE, so that both halves read the one same table.
-    `beta` weighs the KL term (the beta-VAE of Higgins et al. 2017); 1.0 is
-    the plain VAE. `reconstruction_reduction` and `kl_reduction` ("mean" or
-    "sum") put each term on the chapter's scale.
+    Data comes as `(inputs, targets)` pairs: `((images, labels), images)`
+    for a conditional VAE, whose encoder and decoder both take the labels;
+    `(damaged, clean)` for the denoiser. The decoder outputs pixel logits.
+    `label_embedding`, if given, turns the labels into what both halves take
+    (the embedding chapter's table, owned here so both read the same one).
+    `beta` weighs the KL term (Higgins et al. 2017; 1.0 is the plain VAE);
+    `reconstruction_reduction` and `kl_reduction` ("mean" or "sum") put
+    each term on the chapter's scale.
     """
 
     def __init__(self, encoder, decoder, reconstruction_reduction="mean", kl_reduction="mean",
@@ -130,9 +121,8 @@ class VAE(keras.Model):
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
-        # The test step also averages each term over the images themselves,
-        # so a short last batch counts for its images only: the test loss per
-        # image, the number the three chapters are compared by.
+        # The test step also averages each term over the images themselves (a
+        # short last batch counts for its images only): the test loss per image.
         self.reconstruction_per_image_tracker = keras.metrics.Mean(
             name="reconstruction_per_image")
         self.kl_per_image_tracker = keras.metrics.Mean(name="kl_per_image")
@@ -245,13 +235,12 @@ LEARNING_RATE_SCHEDULES = ("constant", "cosine")  # --lr-schedule
 
 
 def learning_rate_schedule(kind, peak, total_steps, warmup_fraction):
-    """Adam's step size over `total_steps` steps: `peak` throughout
-    ("constant", the reference's), or ("cosine") a linear climb from 0 to
-    `peak` over the first `warmup_fraction` of the steps, then half a cosine
-    down to 0: large steps while the loss falls fast, small ones to settle.
-    (The warm-up keeps Adam's first steps, taken with still empty averages,
-    from overshooting.) The schedule reads Adam's step counter, which the
-    backup saves, so a resumed run goes on where it stopped."""
+    """Adam's step size: `peak` throughout ("constant", the reference's), or
+    ("cosine") a climb from 0 to `peak` over the first `warmup_fraction` of
+    the steps (Adam's first steps, with empty averages, would overshoot),
+    then half a cosine down to 0: large steps while the loss falls fast,
+    small ones to settle. It reads Adam's step counter, which the backup
+    saves, so a resumed run goes on where it stopped."""
     if kind == "constant":
         return peak
     if kind != "cosine":
@@ -344,25 +333,18 @@ LARGEST_FEATURE_MAP = 8  # the encoder halves the image until its side is at mos
 
 
 def conv_filters(image_size):
-    """Filters of the encoder's stride-2 convolutions for square images of
-    side `image_size`; the decoder's transposed convolutions use them in
-    reverse. At 28x28 these are the reference's 32 and 64 (28 -> 14 -> 7).
-    A larger image gets one more block per halving until the map `Flatten`
-    reads is at most 8x8 (64 -> 8, 224 -> 7), the filters doubling up to
-    256, so that each block costs about the same. Each halving must be
-    exact, so that the decoder's doublings give back the input's size."""
+    """Filters of the encoder's stride-2 convolutions (the decoder's, in
+    reverse) for square images of side `image_size`: the reference's 32 and
+    64 at 28x28 (28 -> 14 -> 7), and one more block per halving until the
+    map is at most 8x8, doubling up to 256. Each halving must be exact, so
+    that the decoder's doublings give back the input's size."""
     halvings = _halvings(image_size)
     if image_size < 8:
         raise ValueError(f"an image size of {image_size} is too small for two halvings: "
                          "the smallest is 8")
     if image_size % 2**halvings:
-        smaller = next(size for size in range(image_size - 1, 0, -1)
-                       if size % 2**_halvings(size) == 0)
-        larger = next(size for size in range(image_size + 1, 2 * image_size)
-                      if size % 2**_halvings(size) == 0)
         raise ValueError(f"an image size of {image_size} cannot be halved exactly down to "
-                         f"{LARGEST_FEATURE_MAP}x{LARGEST_FEATURE_MAP} or less: the nearest "
-                         f"sizes that can are {smaller} and {larger}")
+                         f"{LARGEST_FEATURE_MAP}x{LARGEST_FEATURE_MAP} or less")
     return [min(32 * 2**block, 256) for block in range(halvings)]
 
 

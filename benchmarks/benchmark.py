@@ -71,7 +71,8 @@ import denoising_vae  # noqa: E402
 from support.image_data import (NUM_CLASSES, load_image_folder, load_mnist_images,  # noqa: E402
                         make_dataset)
 from support.numerics import make_reproducible, precision  # noqa: E402
-from training_loops import conv_filters, train  # noqa: E402
+from support.flags import check_image_size  # noqa: E402
+from training_loops import train  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype
 
@@ -524,7 +525,7 @@ def main(argv=None):
         parser.error(f"--folder {args.folder} is not a folder")
     for size in args.image_sizes or []:
         try:
-            conv_filters(size)
+            check_image_size(size)
         except ValueError as error:
             parser.error(f"--image-sizes {size}: {error}")
     if args.one_size:

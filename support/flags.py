@@ -52,7 +52,29 @@ RUN_OPTIONS = {
 
 # The values a flag may take, and the checks that refuse others in one line.
 CHOICES = {"LR_SCHEDULE": LEARNING_RATE_SCHEDULES, "CHANNELS": (1, 3)}
-CHECKS = {"IMAGE_SIZE": conv_filters}
+
+
+def check_image_size(image_size):
+    """`conv_filters`' refusal of a size, with the nearest sizes it takes."""
+    try:
+        conv_filters(image_size)
+    except ValueError as error:
+        if image_size < 8:
+            raise
+        smaller = next(size for size in range(image_size - 1, 7, -1) if _takes(size))
+        larger = next(size for size in range(image_size + 1, 2 * image_size) if _takes(size))
+        raise ValueError(f"{error}: the nearest sizes that can are {smaller} and {larger}"
+                         ) from None
+
+
+def _takes(image_size):
+    try:
+        return bool(conv_filters(image_size))
+    except ValueError:
+        return False
+
+
+CHECKS = {"IMAGE_SIZE": check_image_size}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

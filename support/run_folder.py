@@ -189,13 +189,14 @@ def check_resumable(config, output_dir):
     current = json.loads(json.dumps(vars(config), default=str))
     changed = sorted(key for key in (current.keys() | saved.keys()) - RUN_ONLY_SETTINGS
                      if saved.get(key) != current.get(key))
-    if "data_files" in changed:
+    if "data_files" in changed and "data_dir" not in changed:
         raise RunError(f"the images in --data-dir {config.data_dir} are not those of the "
                        f"interrupted run ({saved['data_files']} then, {current['data_files']} "
                        "now), and other images make another split: put them back as they "
                        "were, or start afresh without --resume")
     if changed:
-        details = ", ".join(f"{k}: {saved[k]} -> {current[k]}" for k in changed)
+        details = ", ".join(f"{k}: {saved.get(k, '(none)')} -> {current.get(k, '(none)')}"
+                            for k in changed)
         print(f"error: --resume with settings that differ from the interrupted run "
               f"({details}). Use the same values, or start afresh without --resume.",
               file=sys.stderr)

@@ -67,6 +67,8 @@ def without_figures():
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: whole runs, resume matrices and benchmark runs (pytest -m slow)")
     # Keras' TensorFlow backend triggers this NumPy 2 notice on every
     # conversion; it says nothing about our code.
     config.addinivalue_line(

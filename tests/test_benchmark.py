@@ -48,6 +48,7 @@ def test_an_epoch_is_split_into_median_step_once_per_epoch_cost_and_test_pass():
     assert epoch["mean_ms_per_step"] == pytest.approx(1000 * (end - 2.0) / 6)
 
 
+@pytest.mark.slow
 def test_quick_benchmark_measures_a_model_in_both_precisions(tmp_path, small_mnist):
     # One model (the others are fed the same way: see the next test), to
     # keep the suite short.
@@ -80,6 +81,7 @@ def test_each_benchmarked_model_is_built_and_fed_as_its_chapter_does(name):
     assert tuple(vae.decoder.output.shape[1:]) == (32, 32, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter, measured", [
     ("cvae_onehot", {"conditional_accuracy", "reconstruction_accuracy"}),
     ("denoising_vae", {"psnr_db", "ssim"}),
@@ -96,6 +98,7 @@ def test_how_much_training_measures_after_every_epoch(chapter, measured, small_m
     assert rows[0]["training_seconds"] < rows[1]["training_seconds"]
 
 
+@pytest.mark.slow
 def test_measuring_between_epochs_leaves_the_run_a_plain_run(small_mnist, tmp_path):
     # The last row is what `python cvae_onehot.py` with the same flags reports.
     flags = ["--train-samples", "512", "--test-samples", "128", "--epochs", "3",
@@ -126,6 +129,7 @@ def test_time_to_quality_checks_the_fast_recipe_before_training(small_mnist, cap
     assert "reference:" not in printed.out  # nothing was trained
 
 
+@pytest.mark.slow
 def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, tmp_path,
                                                                    capsys):
     output = tmp_path / "ttq.json"
@@ -151,6 +155,7 @@ def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, 
     assert f"| {reference[-1]['test_loss_per_image']:.2f} |" in rows[0]
 
 
+@pytest.mark.slow
 def test_the_size_sweep_measures_each_size_in_its_own_process(small_mnist, tmp_path, capsys):
     output = tmp_path / "sizes.json"
     results = benchmark.main(["--quick", "--image-sizes", "28", "56", "--models",
@@ -168,6 +173,7 @@ def test_the_size_sweep_measures_each_size_in_its_own_process(small_mnist, tmp_p
     assert "x pixels" in printed and "cvae_onehot        56" in printed
 
 
+@pytest.mark.slow
 def test_the_size_sweep_compares_a_folder_held_and_streamed(shapes_folder, tmp_path, capsys):
     results = benchmark.main(["--quick", "--image-sizes", "32", "--channels", "3",
                               "--folder", str(shapes_folder), "--batch-size", "16",

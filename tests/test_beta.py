@@ -100,6 +100,7 @@ def test_without_annealing_the_weight_is_beta():
     assert training_loops.kl_weight_at(0, 0.5, total_steps=100) == 0.5
 
 
+@pytest.mark.slow
 def test_an_annealed_run_logs_the_weight_and_the_model_keeps_it(tmp_path, small_mnist):
     make_reproducible(0)
     vae = cvae_onehot.main(["--train-samples", "640", "--test-samples", "64",

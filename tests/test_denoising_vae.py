@@ -171,6 +171,7 @@ def finished_run(tmp_path_factory, mnist_larger_slice_npz):
     return output_dir, vae
 
 
+@pytest.mark.slow
 def test_a_short_training_restores_blurred_digits_better_than_the_blur(finished_run):
     output_dir, _ = finished_run
     restoration = json.loads((output_dir / "metrics.json").read_text())["restoration"]
@@ -180,6 +181,7 @@ def test_a_short_training_restores_blurred_digits_better_than_the_blur(finished_
     assert restoration["share_of_images_improved_psnr"] > 0.6
 
 
+@pytest.mark.slow
 def test_psnr_and_ssim_compare_each_image_with_its_clean_original(finished_run,
                                                                   mnist_larger_slice_npz):
     output_dir, trained = finished_run
@@ -204,6 +206,7 @@ def test_psnr_and_ssim_compare_each_image_with_its_clean_original(finished_run,
         assert restoration["ssim"][name] == pytest.approx(float(np.mean(ssim)), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_small_run_writes_every_output(finished_run):
     output_dir, trained = finished_run
     for name in ["restorations.png", "psnr_gain.png", "training_curves.png"]:

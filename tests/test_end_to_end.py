@@ -118,6 +118,7 @@ def test_the_saved_model_reloads_and_decodes_identically(finished_run):
     assert decoded.shape == (20, 28, 28, 1) and 0.0 < decoded.mean() < 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_the_same_seed_gives_the_same_history(tmp_path, small_mnist):
     for name in ("first", "second", "other_seed"):
@@ -165,6 +166,7 @@ def history_epochs(output_dir):
 
 # The reference's constant rate, and both schedules that keep a place in the
 # run (the learning rate's cosine, the KL weight's warm-up) in one run.
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", [[], ["--lr-schedule", "cosine", "--learning-rate", "3e-3",
                                            "--kl-warmup-epochs", "3"]],
                          ids=["constant", "cosine-and-kl-warmup"])
@@ -204,6 +206,7 @@ def test_resume_keeps_finished_epochs_and_trains_only_the_rest(tmp_path, small_m
     assert float(reloaded.optimizer.learning_rate) == pytest.approx(final_rate)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small_mnist, monkeypatch):
     # Ctrl-C lands after CSVLogger wrote epoch 1's row but before its backup.
@@ -213,6 +216,7 @@ def test_an_epoch_logged_but_not_backed_up_is_trained_again_once(tmp_path, small
     assert history_epochs(tmp_path) == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_a_stop_while_the_backup_is_written_resumes_from_the_last_complete_one(
         tmp_path, small_mnist, monkeypatch, capsys):
@@ -251,6 +255,7 @@ def test_a_stop_while_the_backup_is_written_resumes_from_the_last_complete_one(
     assert int(vae.optimizer.iterations) == 3 * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_a_stop_between_the_backups_two_renames_loses_nothing(tmp_path, small_mnist,
                                                              monkeypatch, capsys):
@@ -267,6 +272,7 @@ def test_a_stop_between_the_backups_two_renames_loses_nothing(tmp_path, small_mn
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("backup")]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_training_resumes_without_training_again(tmp_path, small_mnist, monkeypatch, capsys):
     def stopped_while_drawing(*args, **kwargs):
         raise KeyboardInterrupt
@@ -335,6 +341,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, small_mnist, capsys, mo
     assert "latent_dim: 2 -> 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_resume_accepts_other_figure_settings_but_not_fewer_epochs(tmp_path, small_mnist,
                                                                    monkeypatch, capsys):

@@ -16,6 +16,7 @@ import cvae_embedding
 import cvae_onehot
 import denoising_vae
 from support import digit_classifier
+from support.batch_prediction import decode_in_batches
 from support import errors
 from support import image_data
 from support.image_data import (ImageFiles, ImageFolderError, images_at_size, load_image_folder,
@@ -248,6 +249,7 @@ FOLDER_RUN = ["--epochs", "1", "--batch-size", "32", "--iwae-samples", "4",
               "--iwae-images", "8", "--test-fraction", "0.25"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter, size, channels, figures", [
     (cvae_onehot, 64, 3, ["manifold_class_triangle.png", "generated_digits.png",
                           "latent_traversal.gif"]),
@@ -310,6 +312,7 @@ def test_the_latent_explorer_offers_the_folder_classes_by_name():
     assert explorer.image_axes.get_title().startswith("class triangle at z")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["class renamed", "image added"])
 def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, quick_classifier,
                                              without_figures, monkeypatch, capsys):
@@ -348,6 +351,7 @@ def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, qu
     assert len(read_history(tmp_path / "run" / "history.csv")["loss"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter, flags, why", [
     (cvae_onehot, [], "too much to hold"),
     (denoising_vae, ["--corruption", "noise"], "--stream-from-disk"),

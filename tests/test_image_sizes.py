@@ -12,6 +12,7 @@ import cvae_onehot
 import denoising_vae
 from support.image_data import load_mnist_images, resize_images
 from support.batch_prediction import decode_in_batches
+from support.flags import check_image_size
 from support.run_folder import load_trained_model
 from training_loops import conv_filters, feature_map_size
 
@@ -29,11 +30,6 @@ SIZES = [28, 32, 56, 64, 96, 128]
     (256, [32, 64, 128, 256, 256], 8),
 ])
 
-def per_image_terms(vae, inputs, targets):
-    """The reconstruction and KL terms of a batch, one value per image each."""
-    losses = vae.batch_losses(inputs, targets)
-    return losses["reconstruction_per_image"], losses["kl_per_image"]
-
 def test_one_more_block_per_halving_until_the_map_is_at_most_8x8(size, filters, side):
     assert conv_filters(size) == filters
     assert feature_map_size(size) == side == size // 2 ** len(filters)
@@ -43,7 +39,7 @@ def test_one_more_block_per_halving_until_the_map_is_at_most_8x8(size, filters, 
                                            (27, "24 and 28"), (9, "8 and 12")])
 def test_a_size_that_does_not_halve_cleanly_names_the_nearest_that_do(size, nearest):
     with pytest.raises(ValueError, match=f"the nearest sizes that can are {nearest}$"):
-        conv_filters(size)
+        check_image_size(size)
     for neighbour in map(int, nearest.split(" and ")):
         conv_filters(neighbour)  # they do work
 
@@ -73,6 +69,12 @@ def test_the_decoder_draws_images_of_the_input_shape(chapter, size, channels):
                    if isinstance(layer, keras.layers.Flatten))
     side = feature_map_size(size)
     assert flatten.output.shape[-1] == side * side * conv_filters(size)[-1]
+
+
+def per_image_terms(vae, inputs, targets):
+    """The reconstruction and KL terms of a batch, one value per image each."""
+    losses = vae.batch_losses(inputs, targets)
+    return losses["reconstruction_per_image"], losses["kl_per_image"]
 
 
 @pytest.mark.parametrize("chapter", [cvae_onehot, cvae_embedding, denoising_vae],
@@ -118,6 +120,7 @@ def test_mnist_is_resized_and_given_colour_on_load(small_mnist):
     assert 0.0 <= test.min() and test.max() <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter, size, channels, figure", [
     (cvae_onehot, 56, 3, "generated_digits.png"),
     (cvae_embedding, 32, 1, "label_embedding.png"),

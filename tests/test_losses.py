@@ -12,11 +12,6 @@ from training_loops import VAE, kl_divergence, reconstruction_loss
 
 
 
-def per_image_terms(vae, inputs, targets):
-    """The reconstruction and KL terms of a batch, one value per image each."""
-    losses = vae.batch_losses(inputs, targets)
-    return losses["reconstruction_per_image"], losses["kl_per_image"]
-
 def numpy_bce_per_image(targets, logits):
     """-[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], summed per image, in
     float64 and in the form softplus(l) - x * l, exact for any logit."""
@@ -77,6 +72,12 @@ def one_hot_batch(batch_size=8, seed=0):
     images = rng.uniform(size=(batch_size, 28, 28, 1)).astype("float32")
     labels = cvae_onehot.one_hot(rng.integers(0, 10, batch_size))
     return (images, labels), images
+
+
+def per_image_terms(vae, inputs, targets):
+    """The reconstruction and KL terms of a batch, one value per image each."""
+    losses = vae.batch_losses(inputs, targets)
+    return losses["reconstruction_per_image"], losses["kl_per_image"]
 
 
 def test_batch_loss_is_mean_or_sum_of_the_per_image_terms():

@@ -32,6 +32,7 @@ def posterior_mean_losses(vae, inputs, targets):
             keras.ops.convert_to_numpy(kl_divergence(z_mean, z_log_var)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_bfloat16_gives_the_float32_losses_of_a_trained_model(chapter, small_mnist):
     build, inputs_and_targets, *_ = CHAPTERS[chapter]
@@ -57,6 +58,7 @@ def test_bfloat16_gives_the_float32_losses_of_a_trained_model(chapter, small_mni
     assert np.corrcoef(mixed_reconstruction, full_reconstruction)[0, 1] > 0.99
 
 
+@pytest.mark.slow
 def test_a_mixed_precision_run_trains_saves_and_reloads(tmp_path, small_mnist):
     vae = cvae_onehot.main([*SMALL_RUN, "--mixed-precision", "--output-dir", str(tmp_path)])
     assert vae.encoder.layers[-3].compute_dtype == "bfloat16"
@@ -76,6 +78,7 @@ def test_a_mixed_precision_run_trains_saves_and_reloads(tmp_path, small_mnist):
     np.testing.assert_array_equal(decoded, keras.ops.convert_to_numpy(vae.decode(z, labels)))
 
 
+@pytest.mark.slow
 def test_resume_with_another_precision_is_refused(tmp_path, small_mnist, capsys, monkeypatch):
     def stopped_while_drawing(*args, **kwargs):
         raise KeyboardInterrupt

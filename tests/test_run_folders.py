@@ -56,6 +56,7 @@ def test_the_current_folder_is_no_output_dir_if_it_holds_other_files(tmp_path, s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_replaced_only_with_overwrite(tmp_path, small_mnist, capsys):
     run_script(tmp_path, "--epochs", "1")
     finished = snapshot(tmp_path)
@@ -77,6 +78,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite(tmp_path, small_mnist, c
     assert names - {RUN_FILES, ".run.lock"} <= listed
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_an_interrupted_run_is_neither_replaced_nor_continued_with_other_settings(
         tmp_path, small_mnist, monkeypatch, capsys):
@@ -114,6 +116,7 @@ def test_a_run_with_nothing_finished_yet_is_replaced_without_asking(tmp_path, sm
     assert history_epochs(tmp_path) == ["0"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("without_figures")
 def test_rows_kept_on_resume_keep_the_line_endings_keras_writes(tmp_path, small_mnist,
                                                                monkeypatch, capsys):
@@ -145,6 +148,7 @@ def test_another_chapters_script_cannot_resume_a_run(tmp_path, small_mnist, monk
     assert "script: cvae_onehot.py -> cvae_embedding.py" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stop_between_the_backups_renames_still_says_what_is_backed_up(tmp_path,
                                                                          small_mnist,
                                                                          monkeypatch):
