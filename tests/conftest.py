@@ -51,6 +51,17 @@ def shapes_folder(tmp_path_factory):
                                images_per_class=40)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def classifiers_in_a_temporary_cache(tmp_path_factory):
+    """Tests write only into temporary folders: the classifiers that folder
+    runs train are cached in one, not in the user's Keras folder."""
+    from support import digit_classifier
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(digit_classifier, "CLASSIFIER_CACHE", tmp_path_factory.mktemp("classifiers"))
+        yield
+
+
 @pytest.fixture
 def without_figures():
     """For tests of training, resuming and run folders that never look at a
