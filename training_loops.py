@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from support.run_folder import raise_if_diverged, save_model, training_callbacks
+from support.callbacks import KLAnnealing, raise_if_diverged, training_callbacks
+from support.run_folder import save_model
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under, for saving
 
@@ -29,13 +29,11 @@ PACKAGE = "vae_tutorial"  # the namespace our layers are registered under, for s
 class Sampling(keras.layers.Layer):
     """Draws z ~ N(z_mean, exp(z_log_var)) as z = z_mean + sigma * epsilon.
 
-    Sampling z directly would put a random node between the loss and the
-    encoder, and no gradient flows through a random draw. Drawing the noise
-    epsilon ~ N(0, I) outside and shifting and scaling it makes z a
-    deterministic, differentiable function of z_mean and z_log_var, so
-    backpropagation reaches the encoder (Kingma & Welling 2014, section 2.4).
-    The encoder predicts log(sigma^2) rather than sigma so that any real
-    output is a valid variance.
+    No gradient flows through a random draw. Drawing the noise epsilon ~
+    N(0, I) outside and shifting and scaling it makes z a differentiable
+    function of z_mean and z_log_var, so backpropagation reaches the encoder
+    (Kingma & Welling 2014, section 2.4). The encoder predicts log(sigma^2),
+    so that any real output is a valid variance.
     """
 
     def __init__(self, seed=None, **kwargs):
@@ -271,28 +269,6 @@ def kl_weight_at(step, beta, total_steps, warmup_steps=0, cycles=0):
     if warmup_steps:
         return beta * min(1.0, step / warmup_steps)
     return beta
-
-
-class KLAnnealing(keras.callbacks.Callback):
-    """Sets `kl_weight` before every step from `weight_at(step)`, the step
-    read from Adam's counter (so a resumed run goes on where it stopped),
-    and logs each epoch's mean weight as "kl_weight"."""
-
-    def __init__(self, weight_at):
-        super().__init__()
-        self.weight_at = weight_at
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.weights_this_epoch = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        weight = self.weight_at(int(self.model.optimizer.iterations))
-        self.model.kl_weight.assign(weight)
-        self.weights_this_epoch.append(weight)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.weights_this_epoch:
-            logs["kl_weight"] = float(np.mean(self.weights_this_epoch))
 
 
 # ## 5. Training: compile, fit, save

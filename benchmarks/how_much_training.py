@@ -18,8 +18,6 @@ without any it is the reference run.
 It prints one row per measured epoch and writes them as JSON (`--output`).
 """
 
-import argparse
-import json
 import sys
 import tempfile
 import time

@@ -15,7 +15,6 @@ Flags other than its own go to the chapter in both runs (before the fast
 recipe's, which win).
 """
 
-import argparse
 import shlex
 import sys
 from pathlib import Path

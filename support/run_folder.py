@@ -5,9 +5,8 @@ Support, not part of the lesson:
 * `start_run` opens every training run (taking the output folder, a check
   that a --resume continues the same run, seeding, config.json) and closes
   it (timings.json, removing the backup);
-* `training_callbacks` are the bookkeeping `training_loops.train` hands
-  `fit`: history.csv, which `read_history` reads back, and the
-  `AllOrNothingBackup` that --resume continues from;
+* `prepare_output_dir` readies history.csv, which `read_history` reads
+  back, and the backup folder for `support.callbacks`;
 * `load_trained_model`, `load_run_config` and `load_class_names` read back
   what a finished run saved, for --explore.
 
@@ -37,11 +36,10 @@ except ImportError:  # Windows has no flock: runs there are not guarded
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from support.numerics import make_reproducible
-from support.errors import RunError, RunInterrupted, TrainingDiverged
-from support.image_data import ShuffleByEpoch, folder_fingerprint
+from support.errors import RunError, RunInterrupted
+from support.image_data import folder_fingerprint
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume. (Streaming from disk
@@ -156,7 +154,7 @@ def _refuse_replacing(output_dir):
     """Raises a RunError if the earlier run in `output_dir` is worth keeping."""
     backup_dir = output_dir / "backup"
     recover_backup(backup_dir)
-    finished = _finished_epochs(backup_dir)
+    finished = backed_up_epochs(backup_dir)
     if finished:
         raise RunError(f"{output_dir} holds an interrupted run with "
                        f"{_finished_epochs_text(finished)}: continue it with --resume, "
@@ -174,7 +172,7 @@ def check_resumable(config, output_dir):
         return
     backup_dir = output_dir / "backup"
     recover_backup(backup_dir)
-    finished = _finished_epochs(backup_dir)
+    finished = backed_up_epochs(backup_dir)
     if finished == 0 and (output_dir / "metrics.json").exists():
         raise RunError(f"nothing to resume in {output_dir}: its run finished (the backup "
                        "is removed once every output is written). Run with --overwrite "
@@ -219,7 +217,7 @@ class Stopwatch:
 
 def _interrupted_message(output_dir):
     recover_backup(output_dir / "backup")  # a stop between the backup's two renames
-    finished = _finished_epochs(output_dir / "backup")
+    finished = backed_up_epochs(output_dir / "backup")
     _drop_empty_history(output_dir / "history.csv")
     if not finished:
         return "Interrupted before the first epoch finished: nothing to resume."
@@ -254,41 +252,6 @@ def _finish_run(config, stopwatch):
 # ---------------------------------------------------------------------------
 
 
-def training_callbacks(vae, output_dir, resume):
-    """The run's bookkeeping during `fit`, as Keras callbacks, and the epoch
-    `fit` starts from: 0, or the epochs an interrupted run backed up.
-
-    TerminateOnNaN stops a run whose loss diverged; CSVLogger writes one row
-    of history.csv per finished epoch; `AllOrNothingBackup` saves the
-    weights, the optimizer state and the sampler's random state at the end
-    of each epoch (and restores them when a --resume starts); ShuffleByEpoch
-    makes each epoch's order depend on the epoch's number alone, so a
-    resumed run trains on the batches an uninterrupted one would. The
-    backup outlives `fit`, so a run stopped while it evaluates or draws
-    still resumes without training again; the run removes it once every
-    output is written.
-    """
-    history_path, backup_dir = prepare_output_dir(output_dir, resume)
-    backup = AllOrNothingBackup(backup_dir)
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        # CSVLogger comes before the backup: if a run stops between the two,
-        # the row of an epoch that was not backed up is dropped on resume.
-        keras.callbacks.CSVLogger(history_path, append=True),
-        backup,
-        ShuffleByEpoch(),
-    ]
-    return callbacks, backup.finished_epochs()
-
-
-def raise_if_diverged(history):
-    """A RunError if `fit`'s last epoch ended with a NaN or infinite loss."""
-    losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
-        raise TrainingDiverged(f"the loss became {losses[-1]} in epoch {history.epoch[-1] + 1}. "
-                               "Try a smaller --learning-rate.")
-
-
 def prepare_output_dir(output_dir, resume):
     """Gets `output_dir` ready for `fit` and returns the paths of its
     history.csv and of its backup folder.
@@ -302,7 +265,7 @@ def prepare_output_dir(output_dir, resume):
     _claim_names(output_dir, [history_path.name, backup_dir.name])
     if resume:
         recover_backup(backup_dir)
-        finished = _finished_epochs(backup_dir)
+        finished = backed_up_epochs(backup_dir)
         print(f"Resuming after epoch {finished}." if finished
               else "Nothing to resume: starting from epoch 1.", flush=True)
         _keep_history_rows(history_path, finished)
@@ -316,7 +279,7 @@ def discard_backup(output_dir):
     """Removes the backup: when a fresh run starts, and when a run has
     written all its outputs."""
     backup_dir = Path(output_dir) / "backup"
-    for folder in (backup_dir, *_backup_siblings(backup_dir)):
+    for folder in (backup_dir, *backup_siblings(backup_dir)):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -326,95 +289,26 @@ BACKUP_RANDOM_STATE = "random_state.npz"  # the seed generators' states
 BACKUP_METADATA = "training_metadata.json"  # the number of finished epochs
 
 
-class AllOrNothingBackup(keras.callbacks.Callback):
-    """Keeps the backup that --resume continues from, safe against a stop at
-    any instant.
-
-    At the end of each epoch it saves the weights with the optimizer state
-    (Adam's averages and step counter, which the schedules read), the state
-    of the sampler's random generator (which Keras does not count among the
-    weights: restoring it makes a resumed run draw the noise the
-    uninterrupted run would) and the number of finished epochs; when
-    training begins, it restores whatever backup there is. (`fit` itself
-    starts at the epoch `finished_epochs` returns.)
-
-    Each epoch's backup is first written whole into a folder of its own,
-    which then takes the place of the previous backup by two renames. At
-    every instant one complete backup exists: `backup/`, or, between the two
-    renames, `backup.previous/`, which `recover_backup` puts back. The backup
-    also carries the run's config.json, so that a --resume is compared with
-    the settings of the run it continues, whatever happened to the folder's
-    config.json since.
-    """
-
-    def __init__(self, backup_dir):
-        super().__init__()
-        self.backup_dir = Path(backup_dir)
-
-    def finished_epochs(self):
-        recover_backup(self.backup_dir)
-        return _finished_epochs(self.backup_dir)
-
-    def on_train_begin(self, logs=None):
-        if self.finished_epochs():
-            # The optimizer's variables must exist for its state to load.
-            if not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(self.backup_dir / BACKUP_WEIGHTS)
-            saved = np.load(self.backup_dir / BACKUP_RANDOM_STATE)
-            for index, variable in enumerate(_random_states(self.model)):
-                variable.assign(saved[str(index)])
-
-    def on_epoch_end(self, epoch, logs=None):
-        # An epoch that TerminateOnNaN cut short leaves NaN weights: the
-        # backup keeps the last epoch that ended well.
-        if np.isfinite((logs or {}).get("loss", 0.0)):
-            self.save_backup(finished_epochs=epoch + 1)
-
-    def save_backup(self, finished_epochs):
-        staging, previous = _backup_siblings(self.backup_dir)
-        recover_backup(self.backup_dir)
-        staging.mkdir(parents=True)
-        self.model.save_weights(staging / BACKUP_WEIGHTS)
-        np.savez(staging / BACKUP_RANDOM_STATE,
-                 **{str(index): keras.ops.convert_to_numpy(variable)
-                    for index, variable in enumerate(_random_states(self.model))})
-        (staging / BACKUP_METADATA).write_text(json.dumps({"epoch": finished_epochs}))
-        run_config = self.backup_dir.parent / "config.json"
-        if run_config.exists():
-            shutil.copyfile(run_config, staging / run_config.name)
-        if self.backup_dir.exists():
-            os.replace(self.backup_dir, previous)
-        os.replace(staging, self.backup_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-
-
-def _random_states(model):
-    """The model's variables that are not weights: its seed generators' states."""
-    weights = {id(weight) for weight in model.weights}
-    return [variable for variable in model.variables if id(variable) not in weights]
-
-
 def recover_backup(backup_dir):
     """Leaves `backup_dir` holding the last complete backup, if any: drops a
     backup that was still being written, and puts back the previous one
     where a run stopped between the two renames."""
     backup_dir = Path(backup_dir)
-    staging, previous = _backup_siblings(backup_dir)
+    staging, previous = backup_siblings(backup_dir)
     shutil.rmtree(staging, ignore_errors=True)
     if previous.exists() and not backup_dir.exists():
         os.replace(previous, backup_dir)
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def _backup_siblings(backup_dir):
+def backup_siblings(backup_dir):
     """The folders beside the backup: the one being written, and the one
     being replaced."""
     return (backup_dir.with_name(backup_dir.name + ".partial"),
             backup_dir.with_name(backup_dir.name + ".previous"))
 
 
-def _finished_epochs(backup_dir):
+def backed_up_epochs(backup_dir):
     """Epochs finished by an interrupted run, read from its backup."""
     metadata = backup_dir / BACKUP_METADATA
     if not metadata.exists():
@@ -577,7 +471,7 @@ def _owned_names(folder):
     names = {RUN_FILES, _temporary_path(Path(folder) / RUN_FILES).name, LOCK_FILE}
     for name in _claimed_names(folder):
         path = Path(folder) / name
-        names |= {name, _temporary_path(path).name, *(p.name for p in _backup_siblings(path))}
+        names |= {name, _temporary_path(path).name, *(p.name for p in backup_siblings(path))}
     return names
 
 

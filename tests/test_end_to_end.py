@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +16,8 @@ from support import errors
 from support import mnist
 from support.errors import TrainingDiverged
 from support.image_data import make_dataset
-from support.run_folder import AllOrNothingBackup, read_history
+from support.callbacks import AllOrNothingBackup
+from support.run_folder import read_history
 from support.flags import parse_settings
 from training_loops import train
 

@@ -19,7 +19,6 @@ import denoising_vae
 from support import errors
 from support import image_data
 import visualization_utils
-from training_loops import VAE
 from visualization_utils import LatentExplorer, RestorationExplorer
 
 

@@ -316,7 +316,7 @@ def test_the_latent_explorer_offers_the_folder_classes_by_name():
 @pytest.mark.parametrize("change", ["class renamed", "image added"])
 def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, quick_classifier,
                                              without_figures, monkeypatch, capsys):
-    from support.run_folder import AllOrNothingBackup
+    from support.callbacks import AllOrNothingBackup
 
     def backup_then_stop(callback, finished_epochs):
         original(callback, finished_epochs)
@@ -359,7 +359,7 @@ def test_a_resume_on_other_images_is_refused(change, tmp_path, shapes_folder, qu
 def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
         chapter, flags, why, tmp_path, shapes_folder, quick_classifier, without_figures,
         monkeypatch, capsys):
-    from support.run_folder import AllOrNothingBackup
+    from support.callbacks import AllOrNothingBackup
 
     def backup_then_stop(callback, finished_epochs):
         original(callback, finished_epochs)

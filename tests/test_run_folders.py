@@ -1,18 +1,16 @@
 """What a run may write, replace and continue in its output folder (run as
 cvae_onehot.py on a small slice of MNIST)."""
 
-import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import cvae_embedding
 import cvae_onehot
 from support import errors
 from support import run_folder as runs
-from support.run_folder import RUN_FILES, read_history
+from support.run_folder import RUN_FILES
 from test_end_to_end import (history_epochs, interrupt_backup_at_epoch, run_interrupted,
                              run_script)
 

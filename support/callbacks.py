@@ -1,0 +1,147 @@
+"""The Keras callbacks a training run hands `fit`, besides the lesson's.
+
+Support, not part of the lesson: `training_callbacks` gives the run's
+bookkeeping (a stop on NaN, history.csv, the backup that --resume continues
+from, the per-epoch shuffle), and `KLAnnealing` moves the KL weight step by
+step as `training_loops.kl_weight_at` says.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from support.errors import TrainingDiverged
+from support.image_data import ShuffleByEpoch
+from support.run_folder import (BACKUP_METADATA, BACKUP_RANDOM_STATE, BACKUP_WEIGHTS,
+                                backed_up_epochs, backup_siblings, prepare_output_dir,
+                                recover_backup)
+
+
+def training_callbacks(vae, output_dir, resume):
+    """The run's bookkeeping during `fit`, as Keras callbacks, and the epoch
+    `fit` starts from: 0, or the epochs an interrupted run backed up.
+
+    TerminateOnNaN stops a run whose loss diverged; CSVLogger writes one row
+    of history.csv per finished epoch; `AllOrNothingBackup` saves the
+    weights, the optimizer state and the sampler's random state at the end
+    of each epoch (and restores them when a --resume starts); ShuffleByEpoch
+    makes each epoch's order depend on the epoch's number alone, so a
+    resumed run trains on the batches an uninterrupted one would. The
+    backup outlives `fit`, so a run stopped while it evaluates or draws
+    still resumes without training again; the run removes it once every
+    output is written.
+    """
+    history_path, backup_dir = prepare_output_dir(output_dir, resume)
+    backup = AllOrNothingBackup(backup_dir)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        # CSVLogger comes before the backup: if a run stops between the two,
+        # the row of an epoch that was not backed up is dropped on resume.
+        keras.callbacks.CSVLogger(history_path, append=True),
+        backup,
+        ShuffleByEpoch(),
+    ]
+    return callbacks, backup.finished_epochs()
+
+
+def raise_if_diverged(history):
+    """A RunError if `fit`'s last epoch ended with a NaN or infinite loss."""
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingDiverged(f"the loss became {losses[-1]} in epoch {history.epoch[-1] + 1}. "
+                               "Try a smaller --learning-rate.")
+
+
+class AllOrNothingBackup(keras.callbacks.Callback):
+    """Keeps the backup that --resume continues from, safe against a stop at
+    any instant.
+
+    At the end of each epoch it saves the weights with the optimizer state
+    (Adam's averages and step counter, which the schedules read), the state
+    of the sampler's random generator (which Keras does not count among the
+    weights: restoring it makes a resumed run draw the noise the
+    uninterrupted run would) and the number of finished epochs; when
+    training begins, it restores whatever backup there is. (`fit` itself
+    starts at the epoch `finished_epochs` returns.)
+
+    Each epoch's backup is first written whole into a folder of its own,
+    which then takes the place of the previous backup by two renames. At
+    every instant one complete backup exists: `backup/`, or, between the two
+    renames, `backup.previous/`, which `recover_backup` puts back. The backup
+    also carries the run's config.json, so that a --resume is compared with
+    the settings of the run it continues, whatever happened to the folder's
+    config.json since.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def finished_epochs(self):
+        recover_backup(self.backup_dir)
+        return backed_up_epochs(self.backup_dir)
+
+    def on_train_begin(self, logs=None):
+        if self.finished_epochs():
+            # The optimizer's variables must exist for its state to load.
+            if not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.backup_dir / BACKUP_WEIGHTS)
+            saved = np.load(self.backup_dir / BACKUP_RANDOM_STATE)
+            for index, variable in enumerate(_random_states(self.model)):
+                variable.assign(saved[str(index)])
+
+    def on_epoch_end(self, epoch, logs=None):
+        # An epoch that TerminateOnNaN cut short leaves NaN weights: the
+        # backup keeps the last epoch that ended well.
+        if np.isfinite((logs or {}).get("loss", 0.0)):
+            self.save_backup(finished_epochs=epoch + 1)
+
+    def save_backup(self, finished_epochs):
+        staging, previous = backup_siblings(self.backup_dir)
+        recover_backup(self.backup_dir)
+        staging.mkdir(parents=True)
+        self.model.save_weights(staging / BACKUP_WEIGHTS)
+        np.savez(staging / BACKUP_RANDOM_STATE,
+                 **{str(index): keras.ops.convert_to_numpy(variable)
+                    for index, variable in enumerate(_random_states(self.model))})
+        (staging / BACKUP_METADATA).write_text(json.dumps({"epoch": finished_epochs}))
+        run_config = self.backup_dir.parent / "config.json"
+        if run_config.exists():
+            shutil.copyfile(run_config, staging / run_config.name)
+        if self.backup_dir.exists():
+            os.replace(self.backup_dir, previous)
+        os.replace(staging, self.backup_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _random_states(model):
+    """The model's variables that are not weights: its seed generators' states."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
+class KLAnnealing(keras.callbacks.Callback):
+    """Sets `kl_weight` before every step from `weight_at(step)`, the step
+    read from Adam's counter (so a resumed run goes on where it stopped),
+    and logs each epoch's mean weight as "kl_weight"."""
+
+    def __init__(self, weight_at):
+        super().__init__()
+        self.weight_at = weight_at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.weights_this_epoch = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        weight = self.weight_at(int(self.model.optimizer.iterations))
+        self.model.kl_weight.assign(weight)
+        self.weights_this_epoch.append(weight)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.weights_this_epoch:
+            logs["kl_weight"] = float(np.mean(self.weights_this_epoch))
