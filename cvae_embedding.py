@@ -171,7 +171,7 @@ def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE,
     )
 
 
-# #
+# ## Figures
 
 def digit_decoder(vae):
     """decode(z, digits) for the figures and the explorer: the decoder is told

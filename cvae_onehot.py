@@ -146,7 +146,7 @@ def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE, num_classes=NUM_C
     )
 
 
-# #
+# ## Figures
 
 def digit_decoder(vae):
     """decode(z, digits) for the figures and the explorer: the decoder is told

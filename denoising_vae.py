@@ -36,7 +36,8 @@ from keras import layers
 
 from support.batch_prediction import decode_in_batches, encode_in_batches
 from support.errors import run_main
-from support.evaluation import seeded_choice, write_metrics
+from support.evaluation import (image_quality, restoration_metrics, scored_test_images,
+                                write_metrics)
 from support import flags
 from support.image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
 from support.numerics import precision
@@ -241,62 +242,7 @@ def restore(vae, damaged):
     return decode_in_batches(vae, encode_in_batches(vae, damaged))
 
 
-def scored_test_images(damaged, clean, config):
-    """The test images restored and scored: RESTORATION_IMAGES of them, a
-    seeded choice. 2,000 measure the mean PSNR gain to about 0.05 dB (its
-    standard error, in metrics.json) in a fifth of the time all 10,000
-    would take."""
-    scored = seeded_choice(len(clean), config.restoration_images, config.seed)
-    return damaged[scored], clean[scored]
-
-
-def image_quality(images, clean):
-    """The PSNR of each image (dB, higher is better) and the mean SSIM over
-    the images (1 = identical), each against its clean original."""
-    return {"psnr": tf.image.psnr(images, clean, max_val=1.0).numpy(),
-            "mean_ssim": mean_ssim(images, clean)}
-
-
-def mean_ssim(images, clean, images_per_call=1000):
-    """tf.image.ssim averaged over the images.
-
-    Each call hands TF the images as the channels of one single picture: TF
-    filters all channels of a picture together, several times faster than
-    picture after picture, and its SSIM of a picture is the mean over the
-    channels, here the mean over the images.
-    """
-    def as_channels(batch):  # (n, height, width, c) -> (1, height, width, n * c)
-        batch = tf.convert_to_tensor(batch, "float32")
-        height, width = batch.shape[1:3]
-        return tf.reshape(tf.transpose(batch, (1, 2, 0, 3)), (1, height, width, -1))
-
-    total = 0.0
-    for start in range(0, len(images), images_per_call):
-        part = slice(start, start + images_per_call)
-        ssim = tf.image.ssim(as_channels(images[part]), as_channels(clean[part]), max_val=1.0)
-        total += float(ssim[0]) * len(images[part])
-    return total / len(images)
-
-
-def restoration_metrics(corrupted, restored, corruption):
-    """Mean PSNR and SSIM of the damaged and of the restored test images,
-    given the `image_quality` of each, and the standard error of the mean
-    PSNR gain (the spread of the gain between images, over their number)."""
-    gain = restored["psnr"] - corrupted["psnr"]
-    return {
-        "corruption": corruption,
-        "restored_with": "decoder(z_mean): the posterior mean, no sampling",
-        "images": len(gain),
-        "psnr_gain_standard_error_db": float(gain.std(ddof=1) / np.sqrt(len(gain)))
-        if len(gain) > 1 else None,
-        "psnr_db": {"corrupted": float(np.mean(corrupted["psnr"])),
-                    "restored": float(np.mean(restored["psnr"]))},
-        "ssim": {"corrupted": corrupted["mean_ssim"], "restored": restored["mean_ssim"]},
-        "share_of_images_improved_psnr": float(np.mean(restored["psnr"] > corrupted["psnr"])),
-    }
-
-
-# #
+# ## Figures
 
 def save_figures(damaged, restored, clean, psnr_damaged, psnr_restored, config):
     output_dir = config.output_dir

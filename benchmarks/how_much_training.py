@@ -32,7 +32,7 @@ import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
 from support.digit_classifier import classifier_for_run  # noqa: E402
-from support.evaluation import conditional_accuracy  # noqa: E402
+from support.evaluation import conditional_accuracy, image_quality, scored_test_images  # noqa: E402
 from support.flags import OneLineErrorParser  # noqa: E402
 from support.image_data import load_images, make_dataset  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
@@ -86,8 +86,8 @@ def datasets(chapter, config):
         row = {"test_loss_per_image": logs["val_reconstruction_per_image"]
                + logs["val_kl_per_image"]}
         if chapter is denoising_vae:
-            damaged, clean = chapter.scored_test_images(*test_pairs, config)
-            quality = chapter.image_quality(chapter.restore(vae, damaged), clean)
+            damaged, clean = scored_test_images(*test_pairs, config)
+            quality = image_quality(chapter.restore(vae, damaged), clean)
             row.update(psnr_db=float(quality["psnr"].mean()),
                        ssim=quality["mean_ssim"])
         else:

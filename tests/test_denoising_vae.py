@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import denoising_vae
+from support.evaluation import mean_ssim
 from support.image_data import images_to_float
 from support.mnist import load_mnist
 from support.numerics import make_reproducible
@@ -233,5 +234,5 @@ def test_mean_ssim_is_the_mean_of_tf_image_ssim_over_the_images(channels):
     images, clean = rng.uniform(size=(2, 7, 28, 28, channels)).astype("float32")
     clean[:3] = images[:3]  # identical pairs: SSIM 1
     expected = float(np.mean(tf.image.ssim(images, clean, max_val=1.0)))
-    assert denoising_vae.mean_ssim(images, clean, images_per_call=3) == pytest.approx(
+    assert mean_ssim(images, clean, images_per_call=3) == pytest.approx(
         expected, rel=1e-5)

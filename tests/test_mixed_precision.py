@@ -11,6 +11,7 @@ import pytest
 
 import cvae_onehot
 import denoising_vae
+from support.evaluation import image_quality
 from support.image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
 from support.numerics import precision
 from training_loops import kl_divergence, reconstruction_loss
@@ -100,4 +101,4 @@ def test_restorations_are_float32_for_psnr_and_ssim():
     images = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
     restored = denoising_vae.restore(denoiser, denoising_vae.blur(images))
     assert restored.dtype == np.float32 and restored.shape == images.shape
-    assert np.isfinite(denoising_vae.image_quality(restored, images)["psnr"]).all()
+    assert np.isfinite(image_quality(restored, images)["psnr"]).all()
