@@ -76,6 +76,15 @@ def inputs_and_targets(images, digits):
     return (images, class_index(digits)), images
 
 
+def datasets(train_set, test_set, config, num_classes=NUM_CLASSES):
+    """The training pipeline (reshuffled every epoch), the test pipeline, and
+    the test pairs it holds; each set is (images, digits)."""
+    train_data = make_dataset(*inputs_and_targets(*train_set), config.batch_size,
+                              shuffle_buffer=len(train_set[0]), seed=config.seed)
+    test_pairs = inputs_and_targets(*test_set)
+    return train_data, make_dataset(*test_pairs, config.batch_size), test_pairs
+
+
 # ## Label embedding
 # One table of 10 rows (one per digit; one per class of a DATA_DIR) of
 # EMBEDDING_DIM learned numbers. The
@@ -155,9 +164,9 @@ def build_decoder(latent_dim, embedding_dim, image_shape=IMAGE_SHAPE):
 LOSS_SCALE = "loss summed over the batch"
 
 
-def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE,
-              num_classes=NUM_CLASSES):
+def build_vae(config, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
     """The shared VAE class, with this chapter's embedding, encoder, decoder."""
+    latent_dim, embedding_dim = config.latent_dim, config.embedding_dim
     return VAE(
         build_encoder(latent_dim, embedding_dim, image_shape),
         build_decoder(latent_dim, embedding_dim, image_shape),
@@ -165,8 +174,8 @@ def build_vae(latent_dim, embedding_dim, seed, beta, image_shape=IMAGE_SHAPE,
         reconstruction_reduction="sum",
         kl_reduction="sum",
         label_embedding=build_label_embedding(embedding_dim, num_classes),
-        beta=beta,
-        seed=seed,
+        beta=config.beta,
+        seed=config.seed,
         name="cvae_embedding",
     )
 
@@ -227,22 +236,19 @@ def main(argv=None):
         (train_images, train_digits), (test_images, test_digits), class_names = load_images(
             config)
         save_class_names(class_names, config.output_dir)
-        train_data = make_dataset(*inputs_and_targets(train_images, train_digits),
-                                  config.batch_size, shuffle_buffer=len(train_images),
-                                  seed=config.seed)
-        test_pairs = inputs_and_targets(test_images, test_digits)
-        test_data = make_dataset(*test_pairs, config.batch_size)
+        num_classes = len(class_names)
+        train_data, test_data, test_pairs = datasets(
+            (train_images, train_digits), (test_images, test_digits), config, num_classes)
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config.latent_dim, config.embedding_dim, config.seed, config.beta,
-                            image_shape=test_images.shape[1:], num_classes=len(class_names))
+            vae = build_vae(config, test_images.shape[1:], num_classes)
         train(vae, train_data, test_data, config)
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.
-        judge = classifier_for_run(config.data_dir, train_images, train_digits,
-                                   len(class_names), config.seed)
+        judge = classifier_for_run(config.data_dir, train_images, train_digits, num_classes,
+                                   config.seed)
         accuracy = conditional_accuracy(digit_decoder(vae), test_z_mean, test_images,
                                         test_digits, seed=config.seed, classifier=judge)
         # Does the table place digits that look alike near each other?

@@ -75,6 +75,15 @@ def inputs_and_targets(images, digits, num_classes=NUM_CLASSES):
     return (images, one_hot(digits, num_classes)), images
 
 
+def datasets(train_set, test_set, config, num_classes=NUM_CLASSES):
+    """The training pipeline (reshuffled every epoch), the test pipeline, and
+    the test pairs it holds; each set is (images, digits)."""
+    train_data = make_dataset(*inputs_and_targets(*train_set, num_classes), config.batch_size,
+                              shuffle_buffer=len(train_set[0]), seed=config.seed)
+    test_pairs = inputs_and_targets(*test_set, num_classes)
+    return train_data, make_dataset(*test_pairs, config.batch_size), test_pairs
+
+
 # ## Encoder
 # image (28, 28, 1) -> two strided convolutions -> 3136 features; the one-hot
 # label joins them (3146) before the dense layer that predicts q(z | x, y).
@@ -132,16 +141,16 @@ def build_decoder(latent_dim, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
 LOSS_SCALE = "loss per image, batch mean"
 
 
-def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
+def build_vae(config, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
     """The shared VAE class, with this chapter's encoder and decoder."""
     return VAE(
-        build_encoder(latent_dim, image_shape, num_classes),
-        build_decoder(latent_dim, image_shape, num_classes),
+        build_encoder(config.latent_dim, image_shape, num_classes),
+        build_decoder(config.latent_dim, image_shape, num_classes),
         # Both terms averaged over the batch: a loss per image.
         reconstruction_reduction="mean",
         kl_reduction="mean",
-        beta=beta,
-        seed=seed,
+        beta=config.beta,
+        seed=config.seed,
         name="cvae_onehot",
     )
 
@@ -198,16 +207,12 @@ def main(argv=None):
             config)
         save_class_names(class_names, config.output_dir)
         num_classes = len(class_names)
-        train_data = make_dataset(*inputs_and_targets(train_images, train_digits, num_classes),
-                                  config.batch_size, shuffle_buffer=len(train_images),
-                                  seed=config.seed)
-        test_pairs = inputs_and_targets(test_images, test_digits, num_classes)
-        test_data = make_dataset(*test_pairs, config.batch_size)
+        train_data, test_data, test_pairs = datasets(
+            (train_images, train_digits), (test_images, test_digits), config, num_classes)
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config.latent_dim, config.seed, config.beta,
-                            image_shape=test_images.shape[1:], num_classes=num_classes)
+            vae = build_vae(config, test_images.shape[1:], num_classes)
         train(vae, train_data, test_data, config)
         stopwatch.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)

@@ -163,6 +163,18 @@ def inputs_and_targets(images, corruption, seed):
     return corrupt(images, corruption, seed), images
 
 
+def datasets(train_set, test_set, config, num_classes=None):
+    """The training pipeline (shuffled through the reference's buffer), the
+    test pipeline, and the test pairs it holds. Each set is (images, labels);
+    the labels, and `num_classes`, are not used."""
+    train_pairs = inputs_and_targets(train_set[0], config.corruption, config.seed)
+    train_data = make_dataset(*train_pairs, config.batch_size,
+                              shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    # The test damage is drawn apart from the training damage (another seed).
+    test_pairs = inputs_and_targets(test_set[0], config.corruption, config.seed + 1)
+    return train_data, make_dataset(*test_pairs, config.batch_size), test_pairs
+
+
 # ## Encoder
 # damaged image (28, 28, 1) -> two strided convolutions -> 3136 features ->
 # Dense 128 -> q(z | damaged image), 16-d.
@@ -212,11 +224,12 @@ def build_decoder(latent_dim, image_shape=IMAGE_SHAPE):
 LOSS_SCALE = "reconstruction summed, KL averaged over the batch"
 
 
-def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE):
-    """The shared VAE class: damaged images in, clean images as targets."""
+def build_vae(config, image_shape=IMAGE_SHAPE, num_classes=None):
+    """The shared VAE class: damaged images in, clean images as targets (no
+    labels: `num_classes` is not used)."""
     return VAE(
-        build_encoder(latent_dim, image_shape),
-        build_decoder(latent_dim, image_shape),
+        build_encoder(config.latent_dim, image_shape),
+        build_decoder(config.latent_dim, image_shape),
         # The reference writes the reconstruction term as reduce_mean(reduce_sum(bce)):
         # the inner sum adds the cross-entropy over every pixel of every image
         # in the batch, so the outer mean acts on a single number and changes
@@ -227,8 +240,8 @@ def build_vae(latent_dim, seed, beta, image_shape=IMAGE_SHAPE):
         # sharp restorations, and a latent space far from N(0, I).
         reconstruction_reduction="sum",
         kl_reduction="mean",
-        beta=beta,
-        seed=seed,
+        beta=config.beta,
+        seed=config.seed,
         name="denoising_vae",
     )
 
@@ -299,28 +312,20 @@ def main(argv=None):
         return explore(config)
     with start_run(config) as stopwatch:
         # MNIST, or the images of DATA_DIR; the labels are not used.
-        (train_images, _), (test_images, _), _ = load_images(config, classes_needed=0)
-        train_data = make_dataset(
-            *inputs_and_targets(train_images, config.corruption, config.seed),
-            config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed)
-        # The test damage is drawn apart from the training damage (another seed).
-        test_damaged, test_clean = inputs_and_targets(test_images, config.corruption,
-                                                      config.seed + 1)
-        test_pairs = (test_damaged, test_clean)
-        test_data = make_dataset(*test_pairs, config.batch_size)
+        train_set, test_set, _ = load_images(config, classes_needed=0)
+        train_data, test_data, test_pairs = datasets(train_set, test_set, config)
         stopwatch.lap("data")
 
         with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config.latent_dim, config.seed, config.beta,
-                            image_shape=test_images.shape[1:])
+            vae = build_vae(config, test_set[0].shape[1:])
         train(vae, train_data, test_data, config)
         stopwatch.lap("training")
-        scored_damaged, scored_clean = scored_test_images(test_damaged, test_images, config)
+        scored_damaged, scored_clean = scored_test_images(*test_pairs, config)
         restored = restore(vae, scored_damaged)
         damaged_quality = image_quality(scored_damaged, scored_clean)
         restored_quality = image_quality(restored, scored_clean)
         restoration = restoration_metrics(damaged_quality, restored_quality, config.corruption)
-        metrics = write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_images),
+        metrics = write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_set[0]),
                                 extra={"restoration": restoration})
         psnr, ssim = metrics["restoration"]["psnr_db"], metrics["restoration"]["ssim"]
         print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "

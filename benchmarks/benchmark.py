@@ -56,7 +56,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -68,8 +67,7 @@ import tensorflow as tf  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
-from support.image_data import (NUM_CLASSES, load_image_folder, load_mnist_images,  # noqa: E402
-                        make_dataset)
+from support.image_data import NUM_CLASSES, load_image_folder, load_mnist_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
 from support.flags import check_image_size  # noqa: E402
 from training_loops import train  # noqa: E402
@@ -80,42 +78,18 @@ PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras polic
 # ## The three models, each fed the way its script feeds it
 
 
-class Chapter(NamedTuple):
-    # (image_shape, classes) -> a fresh VAE, as the script builds it for that
-    # shape and number of classes
-    build: Callable
-    # (images, digits, classes) -> (inputs, targets): the script's own pairing
-    inputs_and_targets: Callable
-    shuffle_buffer: int | None  # None: the whole training set
-    settings: Callable  # argv -> the script's settings, as its flags give them
+CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
+            "denoising_vae": denoising_vae}
 
 
-CHAPTERS = {
-    "cvae_onehot": Chapter(
-        lambda shape, classes=NUM_CLASSES: cvae_onehot.build_vae(
-            cvae_onehot.LATENT_DIM, seed=0, beta=1.0, image_shape=shape, num_classes=classes),
-        cvae_onehot.inputs_and_targets,
-        None,
-        cvae_onehot.parse_settings,
-    ),
-    "cvae_embedding": Chapter(
-        lambda shape, classes=NUM_CLASSES: cvae_embedding.build_vae(
-            cvae_embedding.LATENT_DIM, cvae_embedding.EMBEDDING_DIM, seed=0, beta=1.0,
-            image_shape=shape, num_classes=classes),
-        lambda images, digits, classes=NUM_CLASSES: cvae_embedding.inputs_and_targets(
-            images, digits),
-        None,
-        cvae_embedding.parse_settings,
-    ),
-    "denoising_vae": Chapter(
-        lambda shape, classes=NUM_CLASSES: denoising_vae.build_vae(
-            denoising_vae.LATENT_DIM, seed=0, beta=1.0, image_shape=shape),
-        lambda images, digits, classes=NUM_CLASSES: denoising_vae.inputs_and_targets(
-            images, denoising_vae.CORRUPTION, seed=0),
-        denoising_vae.SHUFFLE_BUFFER,
-        denoising_vae.parse_settings,
-    ),
-}
+def settings(chapter, *flags):
+    """The chapter's default settings at seed 0, changed by `flags`."""
+    return chapter.parse_settings(["--seed", "0", *flags])
+
+
+def build(chapter, image_shape, classes=NUM_CLASSES):
+    """A fresh VAE, as the chapter builds it for that shape and number of classes."""
+    return chapter.build_vae(settings(chapter), image_shape, classes)
 
 
 # ## (c) The compute limit
@@ -211,18 +185,15 @@ def split_epoch(start, step_ends, validation_seconds, end):
 def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NUM_CLASSES):
     """`repeats` epochs through `training_loops.train`, after one warm-up
     epoch that traces the graph. The training images may be ImageFiles."""
-    vae = chapter.build(train_set[0].shape[1:], classes)
-    train_inputs, train_targets = chapter.inputs_and_targets(*train_set, classes)
-    shuffle_buffer = chapter.shuffle_buffer or len(train_targets)
-    train_data = make_dataset(train_inputs, train_targets, batch_size,
-                              shuffle_buffer=shuffle_buffer, seed=0)
-    test_data = make_dataset(*chapter.inputs_and_targets(*test_set, classes), batch_size)
+    vae = build(chapter, train_set[0].shape[1:], classes)
     timer = StepTimer()
     # fit's per-epoch lines are hidden, so the benchmark prints only its table.
     with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
           contextlib.redirect_stdout(devnull)):
-        settings = chapter.settings(["--epochs", str(1 + repeats), "--output-dir", output_dir])
-        train(vae, train_data, test_data, settings, callbacks=[timer])
+        config = settings(chapter, "--batch-size", str(batch_size), "--epochs", str(1 + repeats),
+                          "--output-dir", output_dir)
+        train_data, test_data, _ = chapter.datasets(train_set, test_set, config, classes)
+        train(vae, train_data, test_data, config, callbacks=[timer])
     return timer.epochs[1:]
 
 
@@ -232,10 +203,11 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NU
 def bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile):
     """Median ms of a tf.function gradient step on one fixed batch, for each
     of `repeats` runs of `steps` steps: the framework floor."""
-    vae = chapter.build(train_set[0].shape[1:])
-    inputs, targets = chapter.inputs_and_targets(*train_set)
-    batch_inputs = tf.nest.map_structure(lambda a: tf.constant(a[:batch_size]), inputs)
-    batch_targets = tf.constant(targets[:batch_size])
+    vae = build(chapter, train_set[0].shape[1:])
+    first_batch = tuple(part[:batch_size] for part in train_set)
+    _, _, (inputs, targets) = chapter.datasets(first_batch, first_batch, settings(chapter))
+    batch_inputs = tf.nest.map_structure(tf.constant, inputs)
+    batch_targets = tf.constant(targets)
     optimizer = keras.optimizers.Adam(1e-3)
     weights = vae.trainable_weights
 
@@ -270,7 +242,7 @@ def measure(chapter, train_set, test_set, batch_size, steps, repeats, gflops, ji
     epochs = project_epochs(chapter, train_set, test_set, batch_size, repeats)
     project = [epoch["ms_per_step"] for epoch in epochs]
     bare = bare_ms_per_step(chapter, train_set, batch_size, steps, repeats, jit_compile)
-    flops = flops_per_step(chapter.build(train_set[0].shape[1:]), batch_size)
+    flops = flops_per_step(build(chapter, train_set[0].shape[1:]), batch_size)
     limit_ms = 1000 * flops / (gflops * 1e9)
     return {
         "project_ms_per_step": summary(project),
@@ -333,7 +305,7 @@ def measure_size(name, image_size, policy, steps, repeats, batch_size, test_imag
         project = [epoch["median_step_ms"]
                    for epoch in project_epochs(chapter, train_set, test_set, batch_size,
                                                repeats, classes)]
-        flops = flops_per_step(chapter.build(train_set[0].shape[1:], classes), batch_size)
+        flops = flops_per_step(build(chapter, train_set[0].shape[1:], classes), batch_size)
     limit_ms = 1000 * flops / (gflops * 1e9)
     return {
         "model": name, "image_size": image_size, "precision": policy,

@@ -28,54 +28,27 @@ sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 
-import cvae_embedding  # noqa: E402
-import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
+from benchmark import CHAPTERS  # noqa: E402
 from support.digit_classifier import classifier_for_run  # noqa: E402
 from support.evaluation import conditional_accuracy, image_quality, scored_test_images  # noqa: E402
 from support.flags import OneLineErrorParser  # noqa: E402
-from support.image_data import load_images, make_dataset  # noqa: E402
+from support.image_data import load_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
 from support.run_folder import save_json  # noqa: E402
 from training_loops import train  # noqa: E402
-
-CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
-            "denoising_vae": denoising_vae}
-
-
-def build(chapter, config, num_classes):
-    """The chapter's model at the run's settings."""
-    image_shape = (config.image_size, config.image_size, config.channels)
-    with precision(mixed=config.mixed_precision):
-        if chapter is cvae_embedding:
-            return chapter.build_vae(config.latent_dim, config.embedding_dim, config.seed,
-                                     config.beta, image_shape, num_classes)
-        if chapter is cvae_onehot:
-            return chapter.build_vae(config.latent_dim, config.seed, config.beta, image_shape,
-                                     num_classes)
-        return chapter.build_vae(config.latent_dim, config.seed, config.beta, image_shape)
 
 
 def datasets(chapter, config):
     """Training and test pipelines as the chapter's main makes them, a
     function that measures the model on the test images, and the number of
     classes."""
-    (train_images, train_digits), (test_images, test_digits), class_names = load_images(
+    train_set, test_set, class_names = load_images(
         config, classes_needed=0 if chapter is denoising_vae else 2)
     num_classes = len(class_names or [])
-    if chapter is denoising_vae:
-        train_pairs = chapter.inputs_and_targets(train_images, config.corruption, config.seed)
-        test_pairs = chapter.inputs_and_targets(test_images, config.corruption,
-                                                config.seed + 1)
-        shuffle_buffer = config.shuffle_buffer
-    else:
-        extra = (num_classes,) if chapter is cvae_onehot else ()
-        train_pairs = chapter.inputs_and_targets(train_images, train_digits, *extra)
-        test_pairs = chapter.inputs_and_targets(test_images, test_digits, *extra)
-        shuffle_buffer = len(train_images)
-    train_data = make_dataset(*train_pairs, config.batch_size,
-                              shuffle_buffer=shuffle_buffer, seed=config.seed)
-    test_data = make_dataset(*test_pairs, config.batch_size)
+    train_data, test_data, test_pairs = chapter.datasets(train_set, test_set, config,
+                                                         num_classes)
+    (train_images, train_digits), (test_images, test_digits) = train_set, test_set
 
     judges = []  # made at the first measurement, after the model, as the chapter does
 
@@ -144,7 +117,9 @@ def measure_training(chapter_name, chapter_flags=(), after=None):
                          f"--epochs {config.epochs}, got {after}")
     make_reproducible(config.seed)
     train_data, test_data, measure, num_classes = datasets(chapter, config)
-    vae = build(chapter, config, num_classes)
+    with precision(mixed=config.mixed_precision):
+        vae = chapter.build_vae(config, (config.image_size, config.image_size, config.channels),
+                                num_classes)
     measurer = MeasureAfter(after, measure)
     with tempfile.TemporaryDirectory() as scratch:
         config.output_dir = Path(scratch)

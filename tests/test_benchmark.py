@@ -3,6 +3,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ import time_to_quality  # noqa: E402
 
 
 def test_flops_of_the_one_hot_model_match_a_count_by_hand():
-    vae = cvae_onehot.build_vae(2, seed=0, beta=1.0)
+    vae = cvae_onehot.build_vae(SimpleNamespace(latent_dim=2, seed=0, beta=1.0))
     # Per image, forward, 2 FLOPs per multiply-add:
     encoder = (2 * 14 * 14 * 9 * 1 * 32      # Conv2D 32, output 14x14
                + 2 * 7 * 7 * 9 * 32 * 64     # Conv2D 64, output 7x7
@@ -44,7 +45,6 @@ def test_an_epoch_is_split_into_median_step_once_per_epoch_cost_and_test_pass():
     assert epoch["once_per_epoch_seconds"] == pytest.approx(0.5 - 0.04 + 0.3)
     assert epoch["ms_per_step"] == pytest.approx(40 + 1000 * 0.76 / 6)
     assert epoch["median_step_ms"] == pytest.approx(40)
-    assert epoch["validation_seconds"] == 2.0
     assert epoch["mean_ms_per_step"] == pytest.approx(1000 * (end - 2.0) / 6)
 
 
@@ -65,17 +65,16 @@ def test_quick_benchmark_measures_a_model_in_both_precisions(tmp_path, small_mni
                 assert 0 < row[key]["min"] <= row[key]["median"] <= row[key]["max"]
             assert row["limit_ms_per_step"] > 0
             assert row["validation_seconds_per_epoch"]["min"] > 0
-            ratio = row["project_ms_per_step"]["median"] / row["bare_ms_per_step"]["median"]
-            assert abs(row["project_over_bare"]["median"] - ratio) < 1e-9
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
 @pytest.mark.parametrize("name", list(benchmark.CHAPTERS))
 def test_each_benchmarked_model_is_built_and_fed_as_its_chapter_does(name):
     chapter = benchmark.CHAPTERS[name]
-    vae = chapter.build((32, 32, 1))
+    vae = benchmark.build(chapter, (32, 32, 1))
     images = np.random.default_rng(0).uniform(size=(4, 32, 32, 1)).astype("float32")
-    inputs, targets = chapter.inputs_and_targets(images, np.arange(4))
+    _, _, (inputs, targets) = chapter.datasets((images, np.arange(4)), (images, np.arange(4)),
+                                               benchmark.settings(chapter))
     losses = vae.batch_losses(inputs, targets, training=False)
     assert np.isfinite(float(losses["loss"]))
     assert tuple(vae.decoder.output.shape[1:]) == (32, 32, 1)
@@ -142,9 +141,6 @@ def test_time_to_quality_trains_both_recipes_and_prints_their_rows(small_mnist, 
     assert [row["epochs"] for row in quick] == [1]
     # The fast run trained with its own schedule, not the reference's.
     assert quick[0]["test_loss_per_image"] != reference[0]["test_loss_per_image"]
-    saved = json.loads(output.read_text())
-    assert saved["times_faster"] == pytest.approx(
-        reference[-1]["training_seconds"] / quick[-1]["training_seconds"])
     assert output.with_suffix(".png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| reference")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import keras
 import matplotlib.image
@@ -119,7 +120,7 @@ def psnr_by_hand(images, clean):
 
 
 def test_architecture_matches_the_reference():
-    vae = denoising_vae.build_vae(latent_dim=16, seed=0, beta=1.0)
+    vae = denoising_vae.build_vae(SimpleNamespace(latent_dim=16, seed=0, beta=1.0))
     # The weights the reference counts; the KL weight (1 more) is not trained.
     assert sum(int(np.prod(w.shape)) for w in vae.trainable_weights) == 533_473
     assert not vae.conditional  # no labels anywhere
@@ -129,12 +130,12 @@ def test_architecture_matches_the_reference():
 def test_the_loss_is_the_reference_formula(digits):
     damaged, clean = denoising_vae.blur(digits[:16]), digits[:16]
     make_reproducible(0)
-    vae = denoising_vae.build_vae(16, seed=4, beta=1.0)
+    vae = denoising_vae.build_vae(SimpleNamespace(latent_dim=16, seed=4, beta=1.0))
     losses = vae.batch_losses(damaged, clean)
     reported = {k: float(losses[k]) for k in ("loss", "reconstruction_loss", "kl_loss")}
 
     # By hand, with a twin that has the same weights and draws the same noise.
-    twin = denoising_vae.build_vae(16, seed=4, beta=1.0)
+    twin = denoising_vae.build_vae(SimpleNamespace(latent_dim=16, seed=4, beta=1.0))
     twin.set_weights(vae.get_weights())
     z_mean, z_log_var = (keras.ops.convert_to_numpy(t) for t in twin.encode(damaged))
     z = keras.ops.convert_to_numpy(twin.sampling([z_mean, z_log_var]))

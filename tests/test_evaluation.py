@@ -63,7 +63,7 @@ def test_the_importance_weighted_bound_approaches_the_exact_likelihood(test_digi
     # computed on a fine grid; the bound must lie above -log p(x) (up to
     # sampling noise), closer with more samples, and below the ELBO.
     images, _ = test_digits
-    vae = denoising_vae.build_vae(latent_dim=1, seed=0, beta=1.0)
+    vae = denoising_vae.build_vae(SimpleNamespace(latent_dim=1, seed=0, beta=1.0))
     targets = images[:2]
     grid = np.linspace(-8.0, 8.0, 4001, dtype="float32")
     exact = []
@@ -85,7 +85,7 @@ def test_the_importance_weighted_bound_approaches_the_exact_likelihood(test_digi
 
 def test_one_sample_gives_the_elbo(test_digits):
     images, _ = test_digits
-    vae = denoising_vae.build_vae(latent_dim=4, seed=0, beta=1.0)
+    vae = denoising_vae.build_vae(SimpleNamespace(latent_dim=4, seed=0, beta=1.0))
     bounds = importance_weighted_nll(vae, images[:8], images[:8], samples=1, seed=3)
     assert bounds["iwae"] == pytest.approx(bounds["elbo"], rel=1e-6)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -27,7 +28,7 @@ def onehot_decoder(vae):
 
 
 def test_latent_explorer_shows_what_the_decoder_gives_for_the_widgets(monkeypatch):
-    decode = onehot_decoder(cvae_onehot.build_vae(2, seed=0, beta=1.0))
+    decode = onehot_decoder(cvae_onehot.build_vae(SimpleNamespace(latent_dim=2, seed=0, beta=1.0)))
     explorer = LatentExplorer(decode, latent_dim=2)
     redraws = []
     monkeypatch.setattr(explorer.figure.canvas, "draw_idle", lambda: redraws.append(1))
@@ -71,8 +72,7 @@ def test_restoration_explorer_steps_through_the_test_images():
 
 def save_untrained(module, tmp_path, **config):
     """Saves an untrained model and a config.json, as a finished run would."""
-    vae = (module.build_vae(16, seed=0, beta=1.0) if module is denoising_vae
-           else module.build_vae(*config.pop("build"), seed=0, beta=1.0))
+    vae = module.build_vae(module.parse_settings(["--seed", "0"]))  # the chapter's defaults
     vae.save(tmp_path / f"{module.__name__}.keras")
     (tmp_path / "config.json").write_text(json.dumps({"seed": 42, **config}))
     if module is not denoising_vae:
@@ -82,7 +82,7 @@ def save_untrained(module, tmp_path, **config):
 
 def test_without_a_display_explore_says_so_in_one_message(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MPLBACKEND")  # Matplotlib chose Agg by itself
-    save_untrained(cvae_onehot, tmp_path, build=(2,))
+    save_untrained(cvae_onehot, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         errors.run_main(lambda: cvae_onehot.main(["--explore", "--output-dir",
                                                           str(tmp_path)]))
@@ -122,7 +122,7 @@ def explore_error(module, output_dir, capsys, monkeypatch):
     (lambda path: zipfile.ZipFile(path, "w").writestr("config.json", json.dumps(
         {"module": "elsewhere", "class_name": "Mystery", "config": {"notes": "x" * 5000}})),
      "cannot load"),
-    (lambda path: save_untrained(cvae_embedding, path.parent, build=(2, 8)).save(path),
+    (lambda path: save_untrained(cvae_embedding, path.parent).save(path),
      "holds a cvae_embedding model, not one of cvae_onehot.py"),
 ])
 def test_explore_on_a_damaged_or_foreign_model_names_the_file(tmp_path, damage, message,
@@ -190,7 +190,7 @@ def pretend_there_is_a_display(monkeypatch, module):
 
 
 def test_explore_opens_the_saved_model(tmp_path, monkeypatch):
-    vae = save_untrained(cvae_onehot, tmp_path, build=(2,))
+    vae = save_untrained(cvae_onehot, tmp_path)
     pretend_there_is_a_display(monkeypatch, cvae_onehot)
     explorer = cvae_onehot.main(["--explore", "--output-dir", str(tmp_path)])
     explorer.z0_slider.set_val(-2.0)
@@ -199,7 +199,7 @@ def test_explore_opens_the_saved_model(tmp_path, monkeypatch):
 
 
 def test_explore_feeds_the_embedding_model_class_indices(tmp_path, monkeypatch):
-    vae = save_untrained(cvae_embedding, tmp_path, build=(2, 8))
+    vae = save_untrained(cvae_embedding, tmp_path)
     pretend_there_is_a_display(monkeypatch, cvae_embedding)
     explorer = cvae_embedding.main(["--explore", "--output-dir", str(tmp_path)])
     explorer.digit_buttons.set_active(5)

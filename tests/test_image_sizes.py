@@ -50,10 +50,8 @@ def test_a_size_too_small_for_two_halvings_is_refused():
 
 
 def build(chapter, shape):
-    if chapter is cvae_embedding:
-        return chapter.build_vae(2, 8, seed=0, beta=1.0, image_shape=shape)
-    return chapter.build_vae(16 if chapter is denoising_vae else 2, seed=0, beta=1.0,
-                             image_shape=shape)
+    """The chapter's model at its default settings, for images of `shape`."""
+    return chapter.build_vae(chapter.parse_settings(["--seed", "0"]), shape)
 
 
 @pytest.mark.parametrize("chapter", [cvae_onehot, cvae_embedding, denoising_vae],

@@ -4,6 +4,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -12,12 +13,12 @@ import pytest
 import cvae_onehot
 import denoising_vae
 from support.evaluation import image_quality
-from support.image_data import IMAGE_SHAPE, load_mnist_images, make_dataset
+from support.image_data import IMAGE_SHAPE, load_mnist_images
 from support.numerics import precision
 from training_loops import kl_divergence, reconstruction_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from benchmark import CHAPTERS  # noqa: E402  (each model, fed as its script feeds it)
+from benchmark import CHAPTERS, build, settings  # noqa: E402  (each model, fed as its script feeds it)
 
 SMALL_RUN = ["--train-samples", "1024", "--test-samples", "256", "--batch-size", "64",
              "--epochs", "1", "--iwae-samples", "8", "--iwae-images", "32"]
@@ -36,20 +37,20 @@ def posterior_mean_losses(vae, inputs, targets):
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_bfloat16_gives_the_float32_losses_of_a_trained_model(chapter, small_mnist):
-    build, inputs_and_targets, *_ = CHAPTERS[chapter]
-    (train_images, train_digits), (test_images, test_digits) = load_mnist_images(1024, 64)
-    full = build(IMAGE_SHAPE)
+    chapter = CHAPTERS[chapter]
+    config = settings(chapter, "--batch-size", "64")
+    train_set, test_set = load_mnist_images(1024, 64)
+    train_data, _, (inputs, targets) = chapter.datasets(train_set, test_set, config)
+    full = build(chapter, IMAGE_SHAPE)
     full.compile(optimizer=keras.optimizers.Adam(2e-3))
     # One short epoch takes the outputs near 0 and 1, where rounding matters.
-    full.fit(make_dataset(*inputs_and_targets(train_images, train_digits), batch_size=64),
-             shuffle=False, verbose=0)
+    full.fit(train_data, shuffle=False, verbose=0)
     with precision(mixed=True):
-        mixed = build(IMAGE_SHAPE)
+        mixed = build(chapter, IMAGE_SHAPE)
     mixed.set_weights(full.get_weights())
     assert mixed.decoder.layers[-2].compute_dtype == "bfloat16"
     assert mixed.decoder.layers[-1].compute_dtype == "float32"  # the pixel logits
     assert all(weight.dtype == "float32" for weight in mixed.weights)
-    inputs, targets = inputs_and_targets(test_images, test_digits)
     (full_reconstruction, full_kl), (mixed_reconstruction, mixed_kl) = (
         posterior_mean_losses(vae, inputs, targets) for vae in (full, mixed))
     # The output layers compute in float32, so the losses read float32 values.
@@ -97,7 +98,7 @@ def test_resume_with_another_precision_is_refused(tmp_path, small_mnist, capsys,
 
 def test_restorations_are_float32_for_psnr_and_ssim():
     with precision(mixed=True):
-        denoiser = denoising_vae.build_vae(16, seed=0, beta=1.0)
+        denoiser = denoising_vae.build_vae(SimpleNamespace(latent_dim=16, seed=0, beta=1.0))
     images = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
     restored = denoising_vae.restore(denoiser, denoising_vae.blur(images))
     assert restored.dtype == np.float32 and restored.shape == images.shape

@@ -1,4 +1,5 @@
 """The one-hot CVAE: the reference architecture, learning, evaluating, saving."""
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -24,7 +25,7 @@ def concatenation_widths(model):
 
 
 def test_architecture_matches_the_reference():
-    vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
+    vae = cvae_onehot.build_vae(SimpleNamespace(latent_dim=2, seed=0, beta=1.0))
     assert vae.encoder.count_params() == 422_148
     assert vae.decoder.count_params() == 96_449
     # The weights the reference counts; the KL weight (1 more) is not trained.
@@ -35,7 +36,7 @@ def test_architecture_matches_the_reference():
 
 def test_shapes_through_the_model(digits_batch):
     images, digits = digits_batch
-    vae = cvae_onehot.build_vae(latent_dim=3, seed=0, beta=1.0)
+    vae = cvae_onehot.build_vae(SimpleNamespace(latent_dim=3, seed=0, beta=1.0))
     z_mean, z_log_var = vae.encoder([images[:5], cvae_onehot.one_hot(digits[:5])])
     assert z_mean.shape == z_log_var.shape == (5, 3)
     *_, logits = vae((images[:5], cvae_onehot.one_hot(digits[:5])))
@@ -51,7 +52,7 @@ def make_pairs(images, digits, batch_size=32):
 
 def test_a_few_training_steps_lower_the_loss(digits_batch):
     make_reproducible(0)
-    vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
+    vae = cvae_onehot.build_vae(SimpleNamespace(latent_dim=2, seed=0, beta=1.0))
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
     data = make_pairs(*digits_batch)
     before = vae.evaluate(data, return_dict=True, verbose=0)
@@ -63,7 +64,7 @@ def test_a_few_training_steps_lower_the_loss(digits_batch):
 
 def test_saved_model_reloads_with_identical_outputs(digits_batch, tmp_path):
     images, digits = digits_batch
-    vae = cvae_onehot.build_vae(latent_dim=2, seed=0, beta=1.0)
+    vae = cvae_onehot.build_vae(SimpleNamespace(latent_dim=2, seed=0, beta=1.0))
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
     vae.fit(make_pairs(images, digits), epochs=1, verbose=0, shuffle=False)
     vae.save(tmp_path / "model.keras")
