@@ -279,7 +279,8 @@ def plot_conditional_vae_figures(decode, z_mean, test_images, test_digits, outpu
     else:
         print(f"Skipping the latent space, manifold and traversal figures: they need "
               f"--latent-dim 2, not {latent_dim}.")
-    plot_generated_digits(decode, latent_dim, output_dir / "generated_digits.png", seed=seed,
+    generated = "generated_digits.png" if noun == "digit" else "generated_samples.png"
+    plot_generated_digits(decode, latent_dim, output_dir / generated, seed=seed,
                           class_names=class_names)
     shown = slice(0, examples_shown)
     plot_image_rows(

@@ -251,7 +251,7 @@ FOLDER_RUN = ["--epochs", "1", "--batch-size", "32", "--iwae-samples", "4",
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter, size, channels, figures", [
-    (cvae_onehot, 64, 3, ["manifold_class_triangle.png", "generated_digits.png",
+    (cvae_onehot, 64, 3, ["manifold_class_triangle.png", "generated_samples.png",
                           "latent_traversal.gif"]),
     (cvae_embedding, 32, 1, ["label_embedding.png", "manifold_class_circle.png"]),
     (denoising_vae, 32, 3, ["restorations.png", "psnr_gain.png"]),
