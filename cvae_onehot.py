@@ -26,11 +26,11 @@ Run `python cvae_onehot.py` (10 epochs, a few minutes on a laptop CPU);
 import keras
 from keras import layers
 
-from support.digit_classifier import classifier_for_run
+from support import flags
 from support.batch_prediction import decode_in_batches, encode_in_batches
+from support.digit_classifier import classifier_for_run
 from support.errors import run_main
 from support.evaluation import conditional_accuracy, write_metrics
-from support import flags
 from support.image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
 from support.numerics import precision
 from support.run_folder import load_class_names, load_trained_model, save_class_names, start_run

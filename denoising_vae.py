@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from support import flags
 from support.batch_prediction import decode_in_batches, encode_in_batches
 from support.errors import run_main
 from support.evaluation import (image_quality, restoration_metrics, scored_test_images,
                                 write_metrics)
-from support import flags
 from support.image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
 from support.numerics import precision
 from support.run_folder import load_run_config, load_trained_model, start_run
