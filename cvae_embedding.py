@@ -87,14 +87,14 @@ def datasets(train_set, test_set, config, num_classes=NUM_CLASSES):
 
 # ## Label embedding
 # One table of 10 rows (one per digit; one per class of a DATA_DIR) of
-# EMBEDDING_DIM learned numbers. The
-# reference feeds "the embedded label" to both the encoder and the decoder;
-# we read that as one table shared by both halves (512,149 parameters; two
-# tables would make 512,229), so a digit means the same vector wherever it
-# enters. The reference draws the embedding inside the encoder; here the VAE
-# owns it and hands both halves its output, the same computation. Inside both
-# halves it could not be saved: the VAE saves each half on its own, and a
-# layer shared by the two does not reload.
+# EMBEDDING_DIM learned numbers. The reference feeds "the embedded label" to
+# both the encoder and the decoder; we read that as one table shared by both
+# halves (512,149 parameters; two tables would make 512,229), so a digit
+# means the same vector wherever it enters. The VAE owns the table: before
+# the encoder and before the decoder, `VAE.condition` (training_loops.py)
+# looks each digit up in it and hands on the 8 numbers, which is where the
+# label enters. (Inside both halves it could not be saved: the VAE saves each
+# half on its own, and a layer shared by the two does not reload.)
 
 
 def build_label_embedding(embedding_dim, num_classes=NUM_CLASSES):
