@@ -164,15 +164,17 @@ def load_image_folder(data_dir, image_size, channels, test_fraction, seed,
 
 def folder_fingerprint(data_dir):
     """What a --resume must find again in `data_dir`: how many images it
-    holds and a digest of their paths and sizes. Adding, removing, renaming
-    or rewriting an image changes it, and would change the seeded split."""
+    holds and a digest of their paths, sizes and modification times. Adding,
+    removing, renaming or rewriting an image changes it (an image rewritten
+    with the same size changes its time), and would change what is trained."""
     digest, count = hashlib.sha256(), 0
     for path in _image_paths(data_dir):
         try:
-            size = path.stat().st_size
+            status = path.stat()
+            size, modified = status.st_size, status.st_mtime_ns
         except OSError:  # a broken link: its name counts
-            size = -1
-        digest.update(f"{path.relative_to(data_dir)}\0{size}\n".encode())
+            size, modified = -1, -1
+        digest.update(f"{path.relative_to(data_dir)}\0{size}\0{modified}\n".encode())
         count += 1
     return f"{count:,} images, digest {digest.hexdigest()[:12]}"
 

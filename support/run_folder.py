@@ -132,6 +132,7 @@ def take_output_dir(config):
     earlier = _owned_entries(output_dir)
     if earlier and not config.overwrite:
         _refuse_replacing(output_dir)
+        earlier = _owned_entries(output_dir)  # less a half-written backup it dropped
     for entry in earlier:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     if earlier:
@@ -141,8 +142,14 @@ def take_output_dir(config):
 
 
 def _refuse_foreign_files(output_dir):
+    """A run never deletes a file it did not write: a folder holding one, in
+    it or in a backup folder, is refused before anything is touched."""
     owned = _owned_names(output_dir)
     foreign = sorted(path.name for path in output_dir.iterdir() if path.name not in owned)
+    for folder in output_dir.iterdir():
+        if folder.name in owned and folder.is_dir() and folder.name.startswith("backup"):
+            foreign += sorted(f"{folder.name}/{path.name}" for path in folder.iterdir()
+                              if path.name not in BACKUP_FILES)
     if not foreign:
         return
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -199,6 +206,16 @@ def check_resumable(config, output_dir):
               f"({details}). Use the same values, or start afresh without --resume.",
               file=sys.stderr)
         sys.exit(2)
+    # Where the number of epochs sets a schedule's length (the cosine's, the
+    # KL cycles'), another number would make a run that matches neither.
+    shaped_by_epochs = [flag for flag, on in [("--lr-schedule cosine",
+                                               config.lr_schedule == "cosine"),
+                                              ("--kl-cycles", config.kl_cycles)] if on]
+    if shaped_by_epochs and saved.get("epochs", config.epochs) != config.epochs:
+        raise RunError(f"--epochs {config.epochs} is not the interrupted run's "
+                       f"{saved['epochs']}, and under {' and '.join(shaped_by_epochs)} the "
+                       f"number of epochs sets the schedule: resume with --epochs "
+                       f"{saved['epochs']}")
 
 
 class Stopwatch:
@@ -287,6 +304,7 @@ def discard_backup(output_dir):
 BACKUP_WEIGHTS = "latest.weights.h5"  # the model's weights and the optimizer's state
 BACKUP_RANDOM_STATE = "random_state.npz"  # the seed generators' states
 BACKUP_METADATA = "training_metadata.json"  # the number of finished epochs
+BACKUP_FILES = {BACKUP_WEIGHTS, BACKUP_RANDOM_STATE, BACKUP_METADATA, "config.json"}
 
 
 def recover_backup(backup_dir):

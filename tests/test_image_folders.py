@@ -5,6 +5,7 @@ examples/make_shapes_folder.py): nothing is downloaded.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -396,3 +397,15 @@ def test_a_streamed_run_interrupted_and_resumed_trains_as_a_held_one(
     if chapter is cvae_onehot:  # judged by the same classifier, loaded from the cache
         assert "Loaded the classifier trained on these images before" in output
         assert streamed_metrics["conditional_accuracy"] == held_metrics["conditional_accuracy"]
+
+
+def test_an_image_rewritten_in_place_with_the_same_size_changes_the_fingerprint(tmp_path):
+    folder = tmp_path / "data"
+    write_image(folder / "cat" / "1.png")
+    before = image_data.folder_fingerprint(folder)
+    image = folder / "cat" / "1.png"
+    content = bytearray(image.read_bytes())
+    content[-1] ^= 0xFF  # one byte flipped, the size kept
+    image.write_bytes(bytes(content))
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert image_data.folder_fingerprint(folder) != before

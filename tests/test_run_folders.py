@@ -165,3 +165,53 @@ def test_a_stop_between_the_backups_renames_still_says_what_is_backed_up(tmp_pat
     with pytest.raises(errors.RunInterrupted, match="1 finished epoch is backed up"):
         run_script(tmp_path, "--epochs", "2")
     assert interrupted_renames
+
+
+def a_finished_runs_folder(folder):
+    """What a finished run leaves, as its list of files names it."""
+    (folder / RUN_FILES).write_text(json.dumps(["backup", "config.json", "metrics.json"]))
+    (folder / "config.json").write_text("{}")
+    (folder / "metrics.json").write_text("{}")
+
+
+def test_a_users_file_inside_a_runs_backup_folder_is_never_deleted(tmp_path, capsys):
+    a_finished_runs_folder(tmp_path)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "mine.txt").write_text("precious")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert run_main_expecting_failure(tmp_path, "--epochs", "1", *flags) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1
+        assert "holds files that no run of this project wrote (backup/mine.txt)" in error
+    assert (tmp_path / "backup" / "mine.txt").read_text() == "precious"
+    assert (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.usefixtures("without_figures")
+def test_a_rerun_after_a_kill_while_the_first_backup_was_written_starts_afresh(
+        tmp_path, small_mnist, capsys):
+    # SIGKILL while epoch 1's backup was being written: a half backup beside
+    # the files the run had listed, and nothing finished.
+    (tmp_path / RUN_FILES).write_text(json.dumps(["backup", "config.json", "history.csv"]))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "backup.partial").mkdir()
+    (tmp_path / "backup.partial" / "latest.weights.h5").write_bytes(b"half written")
+    run_script(tmp_path, "--epochs", "1")
+    assert history_epochs(tmp_path) == ["0"]
+    assert not (tmp_path / "backup.partial").exists()
+    assert "Removed the files of the earlier run" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("without_figures")
+@pytest.mark.parametrize("schedule", [["--lr-schedule", "cosine"], ["--kl-cycles", "1"]],
+                         ids=["cosine", "kl-cycles"])
+def test_a_resume_with_other_epochs_is_refused_where_they_set_the_schedule(
+        tmp_path, small_mnist, monkeypatch, capsys, schedule):
+    run_interrupted(tmp_path, monkeypatch, epochs=3, epoch=0, flags=schedule)
+    capsys.readouterr()
+    status = run_main_expecting_failure(tmp_path, "--epochs", "2", "--resume", *schedule)
+    error = capsys.readouterr().err
+    assert status == 1 and error.count("\n") == 1
+    assert "--epochs 2 is not the interrupted run's 3" in error
+    assert "resume with --epochs 3" in error
+    assert history_epochs(tmp_path) == ["0"]  # nothing trained
