@@ -259,7 +259,7 @@ def _value_parser(default, allow_zero, integer_limit, limit_reason, below_one=Fa
     if kind not in (int, float, str) and not isinstance(default, Path):
         raise TypeError(f"a hyperparameter cannot be of type {kind.__name__}")
     if isinstance(default, Path):
-        return Path
+        return _folder
     if kind is str:
         return str
     lowest = "non-negative" if allow_zero else "positive"
@@ -287,3 +287,11 @@ def _value_parser(default, allow_zero, integer_limit, limit_reason, below_one=Fa
         return value
 
     return parse
+
+
+def _folder(text):
+    """A folder's path; an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path (for the "
+                                         "current folder, give '.')")
+    return Path(text)

@@ -128,7 +128,10 @@ def _load_mnist_path(path):
 
 def _load_npz(path):
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy: one bare array
+            raise ValueError("it holds one array, not the four of an npz")
+        with archive:
             data = tuple(
                 (archive[f"x_{split}"], archive[f"y_{split}"])
                 for split in ("train", "test")
@@ -193,7 +196,7 @@ def _check_split(images, labels, source):
     if images.ndim != 3 or images.shape[1:] != height_width:
         problems.append(f"images have shape {images.shape}, expected (n, {height_width[0]}, "
                         f"{height_width[1]})")
-    if labels.shape != (len(images),):
+    if images.ndim and labels.shape != (len(images),):
         problems.append(f"{len(images)} images but labels of shape {labels.shape}")
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         problems.append(f"dtypes {images.dtype}/{labels.dtype}, expected uint8")

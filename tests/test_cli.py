@@ -54,6 +54,7 @@ def test_flags_override_the_constants_with_their_types():
     (["--examples-shown", "5000"], "at most 100 (to keep the figure readable)"),
     (["--lr-warmup-fraction", "1"], "argument --lr-warmup-fraction: expected a share below 1"),
     (["--lr-warmup-fraction", "-0.1"], "expected a non-negative number"),
+    (["--output-dir", ""], "argument --output-dir: expected a folder, got an empty path"),
 ])
 def test_bad_values_exit_2_with_a_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

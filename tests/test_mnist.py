@@ -115,6 +115,22 @@ def test_a_damaged_compressed_npz_is_a_clear_error(tmp_path):
         load_mnist(path, verbose=False)
 
 
+def test_a_npy_file_is_named_as_no_npz(tmp_path):
+    path = tmp_path / "mnist.npy"
+    np.save(path, np.zeros((3, 28, 28), "uint8"))
+    with pytest.raises(MnistError, match="it holds one array, not the four of an npz"):
+        load_mnist(path, verbose=False)
+
+
+def test_an_npz_whose_images_are_one_number_is_a_clear_error(tmp_path):
+    path = tmp_path / "mnist.npz"
+    arrays = fake_mnist()
+    np.savez(path, x_train=np.array(3, "uint8"), y_train=arrays["train_labels"],
+             x_test=arrays["test_images"], y_test=arrays["test_labels"])
+    with pytest.raises(MnistError, match=r"images have shape \(\), expected \(n, 28, 28\)"):
+        load_mnist(path, verbose=False)
+
+
 def test_an_idx_header_whose_sizes_overflow_is_a_clear_error(tmp_path):
     folder = write_idx_folder(tmp_path / "idx", fake_mnist(), gzipped=False)
     images = folder / "train-images-idx3-ubyte"

@@ -49,7 +49,7 @@ def test_the_current_folder_is_no_output_dir_if_it_holds_other_files(tmp_path, s
                                                                      monkeypatch, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     monkeypatch.chdir(tmp_path)
-    assert run_main_expecting_failure("", "--epochs", "1") == 1
+    assert run_main_expecting_failure(".", "--epochs", "1") == 1
     assert "holds files that no run of this project wrote (notes.txt)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
