@@ -17,8 +17,8 @@ import numpy as np
 from support.errors import TrainingDiverged
 from support.image_data import ShuffleByEpoch
 from support.run_folder import (BACKUP_METADATA, BACKUP_RANDOM_STATE, BACKUP_WEIGHTS,
-                                backed_up_epochs, backup_siblings, prepare_output_dir,
-                                recover_backup)
+                                backed_up_epochs, backup_siblings, check_space_to_save,
+                                prepare_output_dir, recover_backup)
 
 
 def training_callbacks(vae, output_dir, resume):
@@ -104,6 +104,7 @@ class AllOrNothingBackup(keras.callbacks.Callback):
     def save_backup(self, finished_epochs):
         staging, previous = backup_siblings(self.backup_dir)
         recover_backup(self.backup_dir)
+        check_space_to_save(self.model, self.backup_dir.parent)
         staging.mkdir(parents=True)
         self.model.save_weights(staging / BACKUP_WEIGHTS)
         np.savez(staging / BACKUP_RANDOM_STATE,

@@ -8,6 +8,7 @@ is caught earlier, by the argument parser, with exit status 2.) Anything
 else is a bug of ours and keeps its traceback.
 """
 
+import errno
 import sys
 
 
@@ -17,6 +18,14 @@ class RunError(RuntimeError):
 
 class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
+
+
+class DiskFull(RunError):
+    """Too little space is left on the disk to save what the run must save."""
+
+
+DISK_FULL_ADVICE = ("Free some space, then run the same command with --resume: it goes on "
+                    "from the last complete backup.")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -33,4 +42,10 @@ def run_main(main):
         sys.exit(130)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"error: the disk is full{where}. {DISK_FULL_ADVICE}", file=sys.stderr)
         sys.exit(1)

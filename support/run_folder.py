@@ -20,6 +20,7 @@ only the files that list names.
 import argparse
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -38,7 +39,7 @@ import keras
 import numpy as np
 
 from support.numerics import make_reproducible
-from support.errors import RunError, RunInterrupted
+from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted
 from support.image_data import folder_fingerprint
 
 # Settings that change neither the model nor the data, or that only shape a
@@ -87,6 +88,10 @@ def start_run(config):
             yield stopwatch
         except KeyboardInterrupt:
             raise RunInterrupted(_interrupted_message(output_dir)) from None
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise DiskFull(f"the disk holding {output_dir} is full. {DISK_FULL_ADVICE}") from None
         _finish_run(config, stopwatch)
 
 
@@ -507,5 +512,20 @@ def save_json(data, path):
 
 
 def save_model(model, path):
+    check_space_to_save(model, Path(path).parent)
     with atomic_path(path) as temporary:
         model.save(temporary)
+
+
+def check_space_to_save(model, folder):
+    """Raises DiskFull unless `folder`'s disk has room for the model's
+    variables and its optimizer's. (Checked before writing: HDF5, which
+    writes the weights, can crash the process on a full disk.)"""
+    variables = [*model.variables, *(model.optimizer.variables if model.optimizer else [])]
+    needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    needed += 2**20  # HDF5's own bookkeeping, with room to spare
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskFull(f"the disk holding {folder} is full: {free / 2**20:.1f} MiB free, "
+                       f"about {needed / 2**20:.1f} MiB needed to save the model. "
+                       f"{DISK_FULL_ADVICE}")

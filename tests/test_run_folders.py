@@ -1,8 +1,10 @@
 """What a run may write, replace and continue in its output folder (run as
 cvae_onehot.py on a small slice of MNIST)."""
 
+import errno
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -215,3 +217,32 @@ def test_a_resume_with_other_epochs_is_refused_where_they_set_the_schedule(
     assert "--epochs 2 is not the interrupted run's 3" in error
     assert "resume with --epochs 3" in error
     assert history_epochs(tmp_path) == ["0"]  # nothing trained
+
+
+def test_a_disk_too_full_for_the_backup_ends_in_one_line_before_writing_it(
+        tmp_path, small_mnist, monkeypatch, capsys):
+    # HDF5 can crash the process on a full disk, so the space is checked first.
+    monkeypatch.setattr(runs.shutil, "disk_usage",
+                        lambda folder: SimpleNamespace(free=2**20, total=2**30, used=0))
+    assert run_main_expecting_failure(tmp_path, "--epochs", "1") == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"error: the disk holding {tmp_path} is full: 1.0 MiB free" in error
+    assert not any(tmp_path.glob("backup*"))
+
+
+@pytest.mark.usefixtures("without_figures")
+def test_a_disk_that_fills_up_while_the_run_writes_ends_in_one_line(
+        tmp_path, small_mnist, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cvae_onehot, "save_figures", disk_full)
+    assert run_main_expecting_failure(tmp_path, "--epochs", "1") == 1
+    error = capsys.readouterr().err
+    assert error == (f"error: the disk holding {tmp_path} is full. Free some space, then run "
+                     "the same command with --resume: it goes on from the last complete "
+                     "backup.\n")
+    monkeypatch.undo()
+    run_script(tmp_path, "--epochs", "1", "--resume")  # space freed: it finishes
+    assert (tmp_path / "metrics.json").exists() and history_epochs(tmp_path) == ["0"]
