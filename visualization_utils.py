@@ -36,6 +36,10 @@ from support.evaluation import cosine_similarity
 from support.image_data import DIGIT_NAMES
 from support.run_folder import atomic_path, read_history
 
+# Class names (a --data-dir's folder names) are drawn as written: a name with
+# $ signs in it is no formula for Matplotlib's mathtext to parse.
+matplotlib.rcParams["text.parse_math"] = False
+
 # The most classes a figure with a row or a panel per class shows.
 CLASSES_SHOWN = 20
 
@@ -185,11 +189,13 @@ def plot_latent_manifolds(decode, output_dir, grid_size=15, class_names=DIGIT_NA
                              output_dir / f"manifold_{noun}_{stem}.png")
 
 
-def file_stems(class_names):
+def file_stems(class_names, longest=80):
     """A safe file name part for each class name: letters, digits, - and _
-    kept, anything else made _; the class's number added where two would
-    otherwise clash."""
-    stems = [re.sub(r"[^\w-]", "_", name) for name in class_names]
+    kept, anything else made _, and a long name cut to `longest` bytes (a
+    file name may have 255 at most); the class's number added where two
+    would otherwise clash."""
+    stems = [re.sub(r"[^\w-]", "_", name).encode()[:longest].decode(errors="ignore")
+             for name in class_names]
     return [f"{stem}_{index}" if stems.count(stem) > 1 else stem
             for index, stem in enumerate(stems)]
 

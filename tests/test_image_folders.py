@@ -16,6 +16,7 @@ import tensorflow as tf
 import cvae_embedding
 import cvae_onehot
 import denoising_vae
+import visualization_utils
 from support import digit_classifier
 from support.batch_prediction import decode_in_batches
 from support import errors
@@ -409,3 +410,18 @@ def test_an_image_rewritten_in_place_with_the_same_size_changes_the_fingerprint(
     image.write_bytes(bytes(content))
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     assert image_data.folder_fingerprint(folder) != before
+
+
+def test_class_names_are_drawn_as_written_and_long_ones_make_short_file_names(tmp_path):
+    names = ["$\\x$", "é" * 240, "é" * 240 + "!"]
+    z = np.random.default_rng(0).standard_normal((30, 2)).astype("float32")
+    labels = np.arange(30) % 3
+    # Mathtext would refuse "$\x$" as a formula; the name is drawn as it is.
+    visualization_utils.plot_latent_space(z, labels, tmp_path / "latent_space.png", "z",
+                                          class_names=names)
+    assert (tmp_path / "latent_space.png").stat().st_size > 0
+    stems = visualization_utils.file_stems(names)
+    assert all(len(f"manifold_class_{stem}.png".encode()) <= 255 for stem in stems)
+    assert len(set(stems)) == 3  # names that agree in their first bytes stay apart
+    for stem in stems:
+        (tmp_path / f"manifold_class_{stem}.png").write_bytes(b"")  # the file system takes it
