@@ -24,8 +24,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from support.errors import RunError, run_main
-from support.flags import OneLineErrorParser
+from support.errors import RunError, first_line, run_main
+from support.flags import OneLineErrorParser, integer_between
 from support.image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, images_at_size,
                         load_mnist_images, make_dataset, resize_images)
 from support.mnist import keras_datasets_dir
@@ -60,8 +60,7 @@ def load_digit_classifier(path=WEIGHTS_PATH):
     try:
         classifier.load_weights(path)
     except Exception as error:  # missing, damaged or of another model
-        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise RunError(f"cannot load the digit classifier from {path}: {first_line}. "
+        raise RunError(f"cannot load the digit classifier from {path}: {first_line(error)}. "
                        "Make it with: python -m support.digit_classifier") from None
     return classifier
 
@@ -192,31 +191,18 @@ def classifier_for_run(data_dir, train_images, train_labels, class_count, seed):
     return classifier
 
 
-def _integer_from(lowest, highest):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not lowest <= value <= highest:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer from {lowest} to {highest:,}, got {text!r}")
-        return value
-    return parse
-
-
 def main(argv=None):
     parser = OneLineErrorParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output", type=Path, default=WEIGHTS_PATH,
                         help="where the weights go (must end in .weights.h5)")
-    parser.add_argument("--epochs", type=_integer_from(1, 100), default=EPOCHS,
+    parser.add_argument("--epochs", type=integer_between(1, 100), default=EPOCHS,
                         help="passes over the training images (1 to 100)")
-    parser.add_argument("--seed", type=_integer_from(0, 2**32 - 1), default=SEED,
+    parser.add_argument("--seed", type=integer_between(0, 2**32 - 1), default=SEED,
                         help="seeds the weights and the shuffling")
-    parser.add_argument("--train-samples", type=_integer_from(1, 60_000), default=60_000,
+    parser.add_argument("--train-samples", type=integer_between(1, 60_000), default=60_000,
                         help="training images used")
-    parser.add_argument("--test-samples", type=_integer_from(1, 10_000), default=10_000,
+    parser.add_argument("--test-samples", type=integer_between(1, 10_000), default=10_000,
                         help="test images the accuracy is measured on")
     config = parser.parse_args(argv)
     if not config.output.name.endswith(".weights.h5"):

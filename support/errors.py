@@ -9,7 +9,17 @@ else is a bug of ours and keeps its traceback.
 """
 
 import errno
+import re
 import sys
+
+
+def first_line(error):
+    """An exception's first line (its type's name if it has no message): what
+    a one-line error quotes of a library's error, which may go on for pages.
+    TensorFlow's own markers ({{function_node ...}}, [Op:...]) are left out."""
+    text = str(getattr(error, "message", error)).strip() or type(error).__name__
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text.splitlines()[0])
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text)
 
 
 class RunError(RuntimeError):

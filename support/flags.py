@@ -295,3 +295,17 @@ def _folder(text):
         raise argparse.ArgumentTypeError("expected a folder, got an empty path (for the "
                                          "current folder, give '.')")
     return Path(text)
+
+
+def integer_between(lowest, highest):
+    """An argparse type: an integer from `lowest` to `highest`, or a one-line error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {lowest} to {highest:,}, got {text!r}")
+        return value
+    return parse

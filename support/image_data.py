@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support.errors import RunError
+from support.errors import RunError, first_line
 from support.mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
 __all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
@@ -291,10 +291,6 @@ def _names_text(names, shown=5):
                                        if len(names) > shown else "")
 
 
-def _first_line(error):
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
-
-
 # A training run holds its images about three times over (the arrays,
 # tf.data's copy of them, and the denoiser's damaged copies; measured with
 # benchmarks/benchmark.py --folder): training images that would take more
@@ -368,7 +364,7 @@ def _refuse_undecodable_images(paths, data_dir, images_per_batch=1024):
         tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
         reason = "it did not decode"
     except tf.errors.OpError as error:
-        reason = _first_line(error.message)
+        reason = first_line(error)
     raise ImageFolderError(f"cannot read the image {path} in --data-dir {data_dir} ({reason}): "
                            "remove it, or save it again as PNG or JPEG")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from support.errors import RunError
+from support.errors import RunError, first_line
 
 NUM_CLASSES = 10  # MNIST's digits 0-9
 IMAGE_SHAPE = (28, 28, 1)  # height, width, channels of an MNIST image
@@ -89,7 +89,7 @@ def load_mnist(path=None, verbose=True):
         try:
             data = load()
         except Exception as error:  # each source fails in its own way
-            failures.append(f"  - {description}: {_first_line(error)}")
+            failures.append(f"  - {description}: {first_line(error)}")
             continue
         _report(verbose, f"MNIST: loaded from {description}")
         return data
@@ -104,11 +104,6 @@ def load_mnist(path=None, verbose=True):
 def _report(verbose, message):
     if verbose:
         print(message, flush=True)
-
-
-def _first_line(error):
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _load_mnist_path(path):
@@ -139,7 +134,7 @@ def _load_npz(path):
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise MnistError(
             f"{path} is not a readable MNIST npz (needs x_train, y_train, x_test, "
-            f"y_test): {_first_line(error)}"
+            f"y_test): {first_line(error)}"
         ) from None
     for images, labels in data:
         _check_split(images, labels, path)
@@ -170,7 +165,7 @@ def _read_idx(file):
         with opener(file, "rb") as stream:
             content = stream.read()
     except (OSError, EOFError, zlib.error) as error:  # zlib: a damaged .gz stream
-        raise MnistError(f"{file} is corrupt: {_first_line(error)}") from None
+        raise MnistError(f"{file} is corrupt: {first_line(error)}") from None
     if len(content) < 8:
         raise MnistError(f"{file} is truncated: only {len(content)} bytes")
     magic = int.from_bytes(content[:4], "big")

@@ -37,9 +37,10 @@ except ImportError:  # Windows has no flock: runs there are not guarded
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from support.numerics import make_reproducible
-from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted
+from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted, first_line
 from support.image_data import folder_fingerprint
 
 # Settings that change neither the model nor the data, or that only shape a
@@ -92,6 +93,11 @@ def start_run(config):
             if error.errno != errno.ENOSPC:
                 raise
             raise DiskFull(f"the disk holding {output_dir} is full. {DISK_FULL_ADVICE}") from None
+        except tf.errors.NotFoundError as error:  # an image of a streamed folder went missing
+            missing = re.search(r"(\S+); No such file or directory", error.message)
+            what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)
+            raise RunError(f"cannot read {what}. Put it back, then run the same command with "
+                           "--resume") from None
         _finish_run(config, stopwatch)
 
 
@@ -378,8 +384,7 @@ def load_trained_model(output_dir, model_name):
         vae = keras.models.load_model(path)
     except Exception as error:  # a damaged or foreign file fails in many ways
         # The first sentence says what failed; Keras may go on for pages.
-        message = (str(error).strip() or type(error).__name__).splitlines()[0]
-        first_sentence = re.split(r"(?<=\.)\s", message, maxsplit=1)[0][:200]
+        first_sentence = re.split(r"(?<=\.)\s", first_line(error), maxsplit=1)[0][:200]
         raise RunError(f"cannot load {path}: {first_sentence.rstrip('.')}. {retrain}") from None
     if vae.name != model_name:
         raise RunError(f"{path} holds a {vae.name} model, not one of {model_name}.py. "

@@ -425,3 +425,28 @@ def test_class_names_are_drawn_as_written_and_long_ones_make_short_file_names(tm
     assert len(set(stems)) == 3  # names that agree in their first bytes stay apart
     for stem in stems:
         (tmp_path / f"manifold_class_{stem}.png").write_bytes(b"")  # the file system takes it
+
+
+@pytest.mark.usefixtures("without_figures")
+def test_an_image_deleted_during_a_streamed_run_is_named_in_one_line(
+        tmp_path, shapes_folder, quick_classifier, monkeypatch, capsys):
+    folder = tmp_path / "data"
+    shutil.copytree(shapes_folder, folder)
+    make_datasets = cvae_onehot.datasets
+
+    def datasets_then_delete_the_images(*args, **kwargs):
+        made = make_datasets(*args, **kwargs)  # the training images are read as it trains
+        for image in folder.rglob("*.png"):
+            image.unlink()
+        return made
+
+    monkeypatch.setattr(cvae_onehot, "datasets", datasets_then_delete_the_images)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: cvae_onehot.main([
+            "--data-dir", str(folder), "--stream-from-disk", "--image-size", "16",
+            *FOLDER_RUN, "--output-dir", str(tmp_path / "run")]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1 and error.count("\n") == 1
+    assert f"error: cannot read {folder}" in error and "No such file or directory" in error
+    assert "{{" not in error and "[Op:" not in error
+    assert "run the same command with --resume" in error
