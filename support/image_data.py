@@ -61,6 +61,7 @@ def load_mnist_images(train_samples, test_samples, image_size=28, channels=1):
     images of shape (n, image_size, image_size, channels): MNIST's own 28x28
     grey by default, else resized (see `resize_images`).
     """
+    _refuse_mnist_too_large_to_hold(train_samples + test_samples, image_size, channels)
     splits = []
     for (images, digits), wanted, flag in zip(
         load_mnist(), (train_samples, test_samples), ("--train-samples", "--test-samples")
@@ -313,6 +314,18 @@ def _too_many_to_hold(train_files, test_files):
             f"{_size_text(free)} free: test on fewer (--test-samples) or smaller "
             "(--image-size) images")
     return train_files.nbytes + test_files.nbytes > SHARE_OF_FREE_MEMORY * free
+
+
+def _refuse_mnist_too_large_to_hold(count, image_size, channels):
+    """MNIST is held in memory: refused in one line, before it is loaded, if
+    its images at this size would take more than SHARE_OF_FREE_MEMORY of the
+    free memory."""
+    needed, free = 4 * count * image_size**2 * channels, _free_memory()  # float32
+    if free is not None and needed > SHARE_OF_FREE_MEMORY * free:
+        raise MnistError(f"{count:,} MNIST images of {image_size}x{image_size}x{channels} need "
+                         f"{_size_text(needed)} as float32, more than a quarter of the "
+                         f"{_size_text(free)} free: use fewer (--train-samples, "
+                         "--test-samples) or smaller (--image-size) images")
 
 
 def _size_text(byte_count):

@@ -10,9 +10,11 @@ import pytest
 import cvae_embedding
 import cvae_onehot
 import denoising_vae
-from support.image_data import load_mnist_images, resize_images
+from support import image_data
 from support.batch_prediction import decode_in_batches
 from support.flags import check_image_size
+from support.image_data import load_mnist_images, resize_images
+from support.mnist import MnistError
 from support.run_folder import load_trained_model
 from training_loops import conv_filters, feature_map_size
 
@@ -145,3 +147,12 @@ def test_a_chapter_trains_at_another_size_draws_and_reloads(chapter, size, chann
         return chapter.digit_decoder(model)(z, np.arange(3))
 
     np.testing.assert_allclose(decode(reloaded), decode(vae), atol=1e-6)
+
+
+def test_mnist_too_large_for_the_memory_at_a_size_is_refused_before_loading(monkeypatch):
+    monkeypatch.setattr(image_data, "_free_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(image_data, "load_mnist", lambda: pytest.fail("MNIST was loaded"))
+    with pytest.raises(MnistError, match=r"70,000 MNIST images of 1024x1024x1 need 273\.4 GiB "
+                                         r"as float32, more than a quarter of the 8\.0 GiB free"):
+        image_data.load_mnist_images(60_000, 10_000, image_size=1024)
+    image_data._refuse_mnist_too_large_to_hold(70_000, 28, 1)  # 0.2 GiB fits
