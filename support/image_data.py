@@ -199,8 +199,17 @@ def _split_folder(data_dir, classes_needed, test_fraction, seed):
             f"--test-fraction {test_fraction} of them as test images and train on the rest: "
             "add images, or change --test-fraction") from None
     class_names = splits[0].class_names if classes_needed else None
-    return (*((split.file_paths, _labels_of(split.file_paths, data_dir, class_names))
-              for split in splits), class_names)
+    (train_paths, train_labels), test = (
+        (split.file_paths, _labels_of(split.file_paths, data_dir, class_names))
+        for split in splits)
+    if class_names:
+        untrained = [name for label, name in enumerate(class_names)
+                     if not np.any(train_labels == label)]
+        if untrained:
+            raise ImageFolderError(
+                f"--test-fraction {test_fraction} of --data-dir {data_dir} leaves no training "
+                f"image of {_names_text(untrained)}: add images, or hold out fewer")
+    return (train_paths, train_labels), test, class_names
 
 
 def _labels_of(paths, data_dir, class_names):

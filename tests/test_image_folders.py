@@ -450,3 +450,9 @@ def test_an_image_deleted_during_a_streamed_run_is_named_in_one_line(
     assert f"error: cannot read {folder}" in error and "No such file or directory" in error
     assert "{{" not in error and "[Op:" not in error
     assert "run the same command with --resume" in error
+
+
+def test_a_split_that_leaves_a_class_without_training_images_is_refused(shapes_folder):
+    with pytest.raises(ImageFolderError, match=r"--test-fraction 0\.99 of --data-dir .* leaves "
+                                               r"no training image of (circle|square|triangle)"):
+        load(shapes_folder, fraction=0.99)
