@@ -69,7 +69,8 @@ import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
 from support.image_data import NUM_CLASSES, load_image_folder, load_mnist_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
-from support.flags import check_image_size  # noqa: E402
+from support.errors import run_main  # noqa: E402
+from support.flags import OneLineErrorParser, check_image_size, output_file_problem  # noqa: E402
 from training_loops import train  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype
@@ -443,7 +444,7 @@ def print_table(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per repeat (default 469: one MNIST epoch at batch 128, "
                         "as the scripts run, so per-epoch costs weigh as they do there; "
@@ -495,6 +496,8 @@ def main(argv=None):
         parser.error("--folder is measured by the size sweep: give --image-sizes too")
     if args.folder and not args.folder.is_dir():
         parser.error(f"--folder {args.folder} is not a folder")
+    if args.output and output_file_problem(args.output):
+        parser.error(f"--output {args.output}: {output_file_problem(args.output)}")
     for size in args.image_sizes or []:
         try:
             check_image_size(size)
@@ -522,4 +525,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,7 +32,8 @@ import denoising_vae  # noqa: E402
 from benchmark import CHAPTERS  # noqa: E402
 from support.digit_classifier import classifier_for_run  # noqa: E402
 from support.evaluation import conditional_accuracy, image_quality, scored_test_images  # noqa: E402
-from support.flags import OneLineErrorParser  # noqa: E402
+from support.errors import run_main  # noqa: E402
+from support.flags import OneLineErrorParser, output_file_problem  # noqa: E402
 from support.image_data import load_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
 from support.run_folder import save_json  # noqa: E402
@@ -137,6 +138,8 @@ def main(argv=None):
                         help="JSON file (default outputs/how_much_training_<chapter>.json)")
     config, chapter_flags = parser.parse_known_args(argv)
     output = config.output or REPO / "outputs" / f"how_much_training_{config.chapter}.json"
+    if output_file_problem(output):
+        parser.error(f"--output {output}: {output_file_problem(output)}")
     rows = measure_training(config.chapter, chapter_flags, config.after)
     save_json({"chapter": config.chapter, "flags": chapter_flags, "rows": rows}, output)
     print(f"Wrote {output}")
@@ -144,4 +147,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from how_much_training import CHAPTERS, measure_training  # noqa: E402
-from support.flags import OneLineErrorParser  # noqa: E402
+from support.errors import run_main  # noqa: E402
+from support.flags import OneLineErrorParser, output_file_problem  # noqa: E402
 from support.run_folder import save_json  # noqa: E402
 from visualization_utils import save_figure  # noqa: E402
 
@@ -110,9 +111,14 @@ def main(argv=None):
                         help="JSON file (default outputs/time_to_quality_<chapter>.json; "
                         "the plot goes beside it as .png)")
     config, shared_flags = parser.parse_known_args(argv)
-    fast_flags = shlex.split(config.fast if config.fast is not None
-                             else FAST_RECIPES[config.chapter])
+    try:
+        fast_flags = shlex.split(config.fast if config.fast is not None
+                                 else FAST_RECIPES[config.chapter])
+    except ValueError as error:  # an unclosed quote
+        parser.error(f"--fast {config.fast!r}: {error}")
     output = config.output or REPO / "outputs" / f"time_to_quality_{config.chapter}.json"
+    if output_file_problem(output):
+        parser.error(f"--output {output}: {output_file_problem(output)}")
     recipes = [("reference", []), ("fast", fast_flags)]
     for _, own_flags in recipes:  # a bad flag stops the script before any training
         CHAPTERS[config.chapter].parse_settings(shared_flags + own_flags)
@@ -133,4 +139,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,6 +13,7 @@ import argparse
 import ast
 import io
 import math
+import os
 import tokenize
 from pathlib import Path
 
@@ -309,3 +310,19 @@ def integer_between(lowest, highest):
                 f"expected an integer from {lowest} to {highest:,}, got {text!r}")
         return value
     return parse
+
+
+def output_file_problem(path):
+    """Why a file cannot be written at `path`, in a few words, or None:
+    checked before a benchmark measures for minutes, not after."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder"
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable"
+    return None

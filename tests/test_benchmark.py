@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cvae_onehot
+from support import errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark  # noqa: E402
@@ -195,3 +196,36 @@ def test_the_size_sweep_refuses_a_size_the_model_cannot_take(capsys):
     with pytest.raises(SystemExit) as stop:
         benchmark.main(["--image-sizes", "28", "30"])
     assert stop.value.code == 2 and "28 and 32" in capsys.readouterr().err
+
+
+def test_the_benchmarks_refuse_bad_input_in_one_line_before_measuring(tmp_path, monkeypatch,
+                                                                      capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    monkeypatch.setattr(benchmark, "run", lambda *args: pytest.fail("it measured"))
+    monkeypatch.setattr(how_much_training, "measure_training",
+                        lambda *args: pytest.fail("it trained"))
+    for main, argv, message in [
+        (benchmark.main, ["--quick", "--output", str(a_file / "out.json")],
+         f"--output {a_file / 'out.json'}: {a_file} is a file, not a folder"),
+        (time_to_quality.main, ["cvae_onehot", "--fast", '"unbalanced'],
+         "--fast '\"unbalanced': No closing quotation"),
+        (how_much_training.main, ["cvae_onehot", "--output", str(a_file / "out.json")],
+         f"{a_file} is a file, not a folder"),
+        (benchmark.main, ["--bogus"], "unrecognized arguments: --bogus"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.count("\n") == 1, argv
+        assert message in error
+
+
+def test_how_much_training_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: how_much_training.main(
+            ["cvae_onehot", "--data-dir", str(tmp_path / "missing"),
+             "--output", str(tmp_path / "out.json")]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert error == f"error: --data-dir {tmp_path / 'missing'} does not exist\n"
