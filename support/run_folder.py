@@ -376,6 +376,11 @@ def load_trained_model(output_dir, model_name):
     path = Path(output_dir) / f"{model_name}.keras"
     retrain = f"Train one first: python {model_name}.py --output-dir {path.parent}"
     if not path.exists():
+        other = next((file.stem for file in sorted(path.parent.glob("*.keras"))), None)
+        if other:  # another chapter's run: training into the same folder would be refused
+            raise RunError(f"{path.parent} holds a run of {other}.py, not of {model_name}.py: "
+                           f"explore it with python {other}.py --explore --output-dir "
+                           f"{path.parent}, or train {model_name}.py into another --output-dir")
         raise RunError(f"no trained model at {path}. {retrain}")
     if not zipfile.is_zipfile(path):  # Keras would call it "not found"
         raise RunError(f"{path} is not a Keras model file (a .keras file is a zip "

@@ -255,3 +255,15 @@ def test_the_traversal_gif_loops_through_the_latent_plane(tmp_path):
     assert len({len(pixels) for pixels in red_pixels}) == 1 and len(red_pixels[0]) > 20
     centres = np.array([pixels.mean(axis=0) for pixels in red_pixels])
     assert len({tuple(np.round(centre)) for centre in centres}) == 12
+
+
+def test_explore_on_another_chapters_folder_names_the_command_that_works(tmp_path, capsys,
+                                                                         monkeypatch):
+    save_untrained(cvae_onehot, tmp_path)
+    pretend_there_is_a_display(monkeypatch, cvae_embedding)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: cvae_embedding.main(["--explore", "--output-dir", str(tmp_path)]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1 and error.count("\n") == 1
+    assert (f"holds a run of cvae_onehot.py, not of cvae_embedding.py: explore it with python "
+            f"cvae_onehot.py --explore --output-dir {tmp_path}") in error
