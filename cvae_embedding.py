@@ -23,6 +23,7 @@ Run `python cvae_embedding.py` (10 epochs, a few minutes on a laptop CPU);
 
 # ## Setup
 
+from support import startup  # noqa: F401  (first: quiets TensorFlow as it loads)
 import keras
 from keras import layers
 

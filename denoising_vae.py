@@ -27,6 +27,7 @@ Run `python denoising_vae.py` (5 epochs, a few minutes on a laptop CPU);
 
 # ## Setup
 
+from support import startup  # noqa: F401  (first: quiets TensorFlow as it loads)
 import argparse
 
 import keras

@@ -13,18 +13,13 @@ unless `class_names` says otherwise (a --data-dir's class folders).
 
 import os
 import re
-import sys
 from statistics import NormalDist
 
 import numpy as np
 import PIL.Image
 
-try:
-    from matplotlib import pyplot
-except ValueError as error:  # Matplotlib refuses an unknown MPLBACKEND on import
-    sys.exit(f"error: MPLBACKEND={os.environ.get('MPLBACKEND')} is not a Matplotlib "
-             "backend: unset it, or set it to one such as Agg (files only) or TkAgg")
 import matplotlib
+from matplotlib import pyplot
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure

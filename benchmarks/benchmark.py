@@ -59,6 +59,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from support import startup  # noqa: E402, F401  (first: quiets TensorFlow as it loads)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

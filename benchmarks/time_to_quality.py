@@ -24,6 +24,7 @@ from matplotlib.ticker import PercentFormatter
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from support import startup  # noqa: E402, F401  (first: quiets TensorFlow as it loads)
 
 from how_much_training import CHAPTERS, measure_training  # noqa: E402
 from support.errors import run_main  # noqa: E402

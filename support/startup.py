@@ -1,0 +1,54 @@
+"""What a chapter does before TensorFlow loads, imported as its first line.
+
+Support, not part of the lesson. Loading TensorFlow takes seconds and, on
+a machine without a GPU, prints lines a newcomer reads as errors ("failed
+call to cuInit", "Could not find cuda drivers"); and whatever goes wrong
+before the chapter's `main` starts would end in a traceback. So, before
+anything else loads:
+
+* TensorFlow's own log lines are hidden while it loads and after, unless
+  TF_CPP_MIN_LOG_LEVEL is set (set it to 0 to see them all); its errors
+  still reach Python as exceptions;
+* an MPLBACKEND that names no Matplotlib backend (Keras loads Matplotlib
+  when it loads) is refused in one line;
+* Ctrl-C while the libraries load ends the process with "Interrupted.",
+  not a traceback (`errors.run_main` takes Ctrl-C over from there).
+"""
+
+import contextlib
+import os
+import signal
+import sys
+
+
+def _interrupted_while_loading(signal_number, frame):
+    print("\nInterrupted.", file=sys.stderr)
+    sys.exit(130)
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Sends what C++ code writes to stderr (file descriptor 2) to nowhere."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as nowhere:
+        os.dup2(nowhere.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+try:
+    import matplotlib  # noqa: F401  (Keras imports it too: it reads MPLBACKEND now)
+except ValueError:
+    sys.exit(f"error: MPLBACKEND={os.environ.get('MPLBACKEND')} is not a Matplotlib backend: "
+             "unset it, or set it to one such as Agg (files only) or TkAgg")
+
+if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the lines TensorFlow logs once loaded
+    with _stderr_silenced():  # the lines it writes while it loads, before any setting
+        import tensorflow  # noqa: F401
