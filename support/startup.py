@@ -21,8 +21,12 @@ import signal
 import sys
 
 
+# The terminal's stderr, kept while TensorFlow's is silenced.
+_STDERR = os.dup(2)
+
+
 def _interrupted_while_loading(signal_number, frame):
-    print("\nInterrupted.", file=sys.stderr)
+    os.write(_STDERR, b"\nInterrupted.\n")
     sys.exit(130)
 
 
@@ -30,14 +34,12 @@ def _interrupted_while_loading(signal_number, frame):
 def _stderr_silenced():
     """Sends what C++ code writes to stderr (file descriptor 2) to nowhere."""
     sys.stderr.flush()
-    saved = os.dup(2)
     with open(os.devnull, "w") as nowhere:
         os.dup2(nowhere.fileno(), 2)
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        os.dup2(_STDERR, 2)
 
 
 signal.signal(signal.SIGINT, _interrupted_while_loading)
