@@ -314,22 +314,16 @@ def conv_filters(image_size):
     64 at 28x28 (28 -> 14 -> 7), and one more block per halving until the
     map is at most 8x8, doubling up to 256. Each halving must be exact, so
     that the decoder's doublings give back the input's size."""
-    halvings = _halvings(image_size)
     if image_size < 8:
         raise ValueError(f"an image size of {image_size} is too small for two halvings: "
                          "the smallest is 8")
+    halvings = 2  # the reference's, at least
+    while image_size / 2**halvings > LARGEST_FEATURE_MAP:
+        halvings += 1
     if image_size % 2**halvings:
         raise ValueError(f"an image size of {image_size} cannot be halved exactly down to "
                          f"{LARGEST_FEATURE_MAP}x{LARGEST_FEATURE_MAP} or less")
     return [min(32 * 2**block, 256) for block in range(halvings)]
-
-
-def _halvings(image_size):
-    """Halvings down to at most LARGEST_FEATURE_MAP: two at least, the reference's."""
-    halvings = 2
-    while image_size / 2**halvings > LARGEST_FEATURE_MAP:
-        halvings += 1
-    return halvings
 
 
 def feature_map_size(image_size):
