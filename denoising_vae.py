@@ -28,8 +28,6 @@ Run `python denoising_vae.py` (5 epochs, a few minutes on a laptop CPU);
 # ## Setup
 
 from support import startup  # noqa: F401  (first: quiets TensorFlow as it loads)
-import argparse
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -40,7 +38,8 @@ from support.batch_prediction import decode_in_batches, encode_in_batches
 from support.errors import run_main
 from support.evaluation import (image_quality, restoration_metrics, scored_test_images,
                                 write_metrics)
-from support.image_data import IMAGE_SHAPE, ImageFiles, load_images, make_dataset
+from support.image_data import (IMAGE_SHAPE, ImageFiles, load_images, make_dataset,
+                                test_images_of_run)
 from support.numerics import precision
 from support.run_folder import load_run_config, load_trained_model, start_run
 from training_loops import VAE, conv_filters, feature_map_size, train
@@ -281,14 +280,10 @@ def explore(config, images_shown=100):
     check_explorer_can_open()
     vae = load_trained_model(config.output_dir, "denoising_vae")
     # Damage the test digits exactly as the run that trained the model did.
-    run = load_run_config(config.output_dir, corruption=CORRUPTIONS, seed=int)
+    run = load_run_config(config.output_dir, corruption=CORRUPTIONS, seed=int, data_dir=str,
+                          test_fraction=float)
     size, _, channels = vae.encoder.inputs[0].shape[1:]  # the images it was trained on
-    # The run's own test images: MNIST's, or the held-out part of its DATA_DIR.
-    images_wanted = argparse.Namespace(
-        data_dir=getattr(run, "data_dir", ""), test_fraction=getattr(run, "test_fraction", 0.1),
-        seed=run.seed, image_size=size, channels=channels, train_samples=1,
-        test_samples=images_shown)
-    (_, _), (clean, _), _ = load_images(images_wanted, classes_needed=0)
+    clean = test_images_of_run(run, size, channels, images_shown)
     damaged = corrupt(clean, run.corruption, run.seed + 1)
     return show_explorer(RestorationExplorer(damaged, restore(vae, damaged),
                                              clean, run.corruption))

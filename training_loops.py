@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from support.callbacks import KLAnnealing, raise_if_diverged, training_callbacks
+from support.callbacks import raise_if_diverged, training_callbacks
 from support.run_folder import save_model
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under, for saving
@@ -271,6 +272,24 @@ def kl_weight_at(step, beta, total_steps, warmup_steps=0, cycles=0):
     return beta
 
 
+class KLAnnealing(keras.callbacks.Callback):
+    """Sets `kl_weight` to `weight_at(step)` before every training step (the
+    step is Adam's counter, which the backup saves) and logs each epoch's
+    mean weight as "kl_weight"."""
+
+    def __init__(self, weight_at):
+        super().__init__()
+        self.weight_at, self.weights_this_epoch = weight_at, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights_this_epoch.append(self.weight_at(int(self.model.optimizer.iterations)))
+        self.model.kl_weight.assign(self.weights_this_epoch[-1])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["kl_weight"] = float(np.mean(self.weights_this_epoch))
+        self.weights_this_epoch = []
+
+
 # ## 5. Training: compile, fit, save
 
 
@@ -290,7 +309,7 @@ def train(vae, train_data, test_data, config, callbacks=()):
             config.kl_cycles))]
     # The run's bookkeeping (history.csv, the backup that --resume continues
     # from, a stop on NaN, a shuffle fixed by the epoch), from support/.
-    bookkeeping, finished_epochs = training_callbacks(vae, config.output_dir, config.resume)
+    bookkeeping, finished_epochs = training_callbacks(config.output_dir, config.resume)
     history = vae.fit(
         train_data, validation_data=test_data, epochs=config.epochs,
         initial_epoch=finished_epochs,  # 0, or where an interrupted run stopped

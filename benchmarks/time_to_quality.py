@@ -19,9 +19,6 @@ import shlex
 import sys
 from pathlib import Path
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from support import startup  # noqa: E402, F401  (first: quiets TensorFlow as it loads)
@@ -30,6 +27,8 @@ from how_much_training import CHAPTERS, measure_training  # noqa: E402
 from support.errors import run_main  # noqa: E402
 from support.flags import OneLineErrorParser, output_file_problem  # noqa: E402
 from support.run_folder import save_json  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 from visualization_utils import save_figure  # noqa: E402
 
 # The fastest settings found to reach the reference run's quality (the

@@ -49,7 +49,8 @@ def _graph_of(model):
     compile a second one, about 0.15 s each)."""
     if model not in _GRAPHS:
         specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
-        _GRAPHS[model] = tf.function(lambda inputs: model(inputs, training=False),
+        reference = weakref.ref(model)  # the graph must not keep its model alive
+        _GRAPHS[model] = tf.function(lambda inputs: reference()(inputs, training=False),
                                      input_signature=[specs if len(specs) > 1 else specs[0]])
     return _GRAPHS[model]
 

@@ -1,9 +1,9 @@
-"""The Keras callbacks a training run hands `fit`, besides the lesson's.
+"""The Keras callbacks that keep a training run's books.
 
-Support, not part of the lesson: `training_callbacks` gives the run's
-bookkeeping (a stop on NaN, history.csv, the backup that --resume continues
-from, the per-epoch shuffle), and `KLAnnealing` moves the KL weight step by
-step as `training_loops.kl_weight_at` says.
+Support, not part of the lesson: `training_callbacks` gives what
+`training_loops.train` hands `fit` beside the lesson's KL annealing: a stop
+on NaN, history.csv, the backup that --resume continues from, and the
+per-epoch shuffle.
 """
 
 import json
@@ -14,14 +14,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from support.errors import TrainingDiverged
+from support.errors import RunError, TrainingDiverged, first_line
 from support.image_data import ShuffleByEpoch
 from support.run_folder import (BACKUP_METADATA, BACKUP_RANDOM_STATE, BACKUP_WEIGHTS,
                                 backed_up_epochs, backup_siblings, check_space_to_save,
                                 prepare_output_dir, recover_backup)
 
 
-def training_callbacks(vae, output_dir, resume):
+def training_callbacks(output_dir, resume):
     """The run's bookkeeping during `fit`, as Keras callbacks, and the epoch
     `fit` starts from: 0, or the epochs an interrupted run backed up.
 
@@ -82,18 +82,22 @@ class AllOrNothingBackup(keras.callbacks.Callback):
         self.backup_dir = Path(backup_dir)
 
     def finished_epochs(self):
-        recover_backup(self.backup_dir)
         return backed_up_epochs(self.backup_dir)
 
     def on_train_begin(self, logs=None):
-        if self.finished_epochs():
-            # The optimizer's variables must exist for its state to load.
-            if not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
+        if not self.finished_epochs():
+            return
+        # The optimizer's variables must exist for its state to load.
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        try:
             self.model.load_weights(self.backup_dir / BACKUP_WEIGHTS)
-            saved = np.load(self.backup_dir / BACKUP_RANDOM_STATE)
-            for index, variable in enumerate(_random_states(self.model)):
-                variable.assign(saved[str(index)])
+            with np.load(self.backup_dir / BACKUP_RANDOM_STATE) as saved:
+                for index, variable in enumerate(_random_states(self.model)):
+                    variable.assign(saved[str(index)])
+        except (OSError, ValueError, KeyError) as error:  # missing, damaged, another model's
+            raise RunError(f"the backup in {self.backup_dir} cannot be loaded "
+                           f"({first_line(error)}): start afresh with --overwrite") from None
 
     def on_epoch_end(self, epoch, logs=None):
         # An epoch that TerminateOnNaN cut short leaves NaN weights: the
@@ -124,25 +128,3 @@ def _random_states(model):
     """The model's variables that are not weights: its seed generators' states."""
     weights = {id(weight) for weight in model.weights}
     return [variable for variable in model.variables if id(variable) not in weights]
-
-
-class KLAnnealing(keras.callbacks.Callback):
-    """Sets `kl_weight` before every step from `weight_at(step)`, the step
-    read from Adam's counter (so a resumed run goes on where it stopped),
-    and logs each epoch's mean weight as "kl_weight"."""
-
-    def __init__(self, weight_at):
-        super().__init__()
-        self.weight_at = weight_at
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.weights_this_epoch = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        weight = self.weight_at(int(self.model.optimizer.iterations))
-        self.model.kl_weight.assign(weight)
-        self.weights_this_epoch.append(weight)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.weights_this_epoch:
-            logs["kl_weight"] = float(np.mean(self.weights_this_epoch))

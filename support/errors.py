@@ -10,7 +10,6 @@ else is a bug of ours and keeps its traceback.
 
 import errno
 import re
-import signal
 import sys
 
 
@@ -46,7 +45,6 @@ class RunInterrupted(KeyboardInterrupt):
 def run_main(main):
     """Runs a script's `main()` as the whole process: expected failures end
     it with one message and an exit status."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     try:
         main()
     except KeyboardInterrupt as interruption:

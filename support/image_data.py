@@ -8,6 +8,7 @@ targets (image and label, damaged and clean image) is written in the chapter.
 handed on from here with the images.
 """
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -24,7 +25,7 @@ from support.mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 __all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
            "ShuffleByEpoch", "folder_fingerprint", "images_at_size", "images_to_float",
            "load_image_folder", "load_images", "load_mnist_images", "make_dataset",
-           "read_image_file", "resize_images"]
+           "read_image_file", "resize_images", "test_images_of_run"]
 
 DIGIT_NAMES = [str(digit) for digit in range(NUM_CLASSES)]  # MNIST's classes, by name
 
@@ -45,6 +46,16 @@ def load_images(config, classes_needed=2):
                              config.test_fraction, config.seed, config.train_samples,
                              config.test_samples, classes_needed,
                              stream=getattr(config, "stream_from_disk", False))
+
+
+def test_images_of_run(run, image_size, channels, count):
+    """The first `count` test images of the run whose settings `run` holds
+    (its config.json): MNIST's, or the held-out part of its --data-dir, at
+    the size its model was trained on."""
+    wanted = argparse.Namespace(data_dir=run.data_dir, test_fraction=run.test_fraction,
+                                seed=run.seed, image_size=image_size, channels=channels,
+                                train_samples=1, test_samples=count)
+    return load_images(wanted, classes_needed=0)[1][0]
 
 
 def images_to_float(images):

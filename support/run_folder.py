@@ -171,7 +171,6 @@ def _refuse_foreign_files(output_dir):
 def _refuse_replacing(output_dir):
     """Raises a RunError if the earlier run in `output_dir` is worth keeping."""
     backup_dir = output_dir / "backup"
-    recover_backup(backup_dir)
     finished = backed_up_epochs(backup_dir)
     if finished:
         raise RunError(f"{output_dir} holds an interrupted run with "
@@ -189,7 +188,6 @@ def check_resumable(config, output_dir):
     if not config.resume:
         return
     backup_dir = output_dir / "backup"
-    recover_backup(backup_dir)
     finished = backed_up_epochs(backup_dir)
     if finished == 0 and (output_dir / "metrics.json").exists():
         raise RunError(f"nothing to resume in {output_dir}: its run finished (the backup "
@@ -244,7 +242,6 @@ class Stopwatch:
 
 
 def _interrupted_message(output_dir):
-    recover_backup(output_dir / "backup")  # a stop between the backup's two renames
     finished = backed_up_epochs(output_dir / "backup")
     _drop_empty_history(output_dir / "history.csv")
     if not finished:
@@ -292,7 +289,6 @@ def prepare_output_dir(output_dir, resume):
     history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
     _claim_names(output_dir, [history_path.name, backup_dir.name])
     if resume:
-        recover_backup(backup_dir)
         finished = backed_up_epochs(backup_dir)
         print(f"Resuming after epoch {finished}." if finished
               else "Nothing to resume: starting from epoch 1.", flush=True)
@@ -338,8 +334,10 @@ def backup_siblings(backup_dir):
 
 
 def backed_up_epochs(backup_dir):
-    """Epochs finished by an interrupted run, read from its backup."""
-    metadata = backup_dir / BACKUP_METADATA
+    """Epochs finished by an interrupted run, read from its last complete
+    backup (put back in place first, see `recover_backup`)."""
+    recover_backup(backup_dir)
+    metadata = Path(backup_dir) / BACKUP_METADATA
     if not metadata.exists():
         return 0
     return json.loads(metadata.read_text())["epoch"]

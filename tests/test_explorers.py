@@ -74,7 +74,8 @@ def save_untrained(module, tmp_path, **config):
     """Saves an untrained model and a config.json, as a finished run would."""
     vae = module.build_vae(module.parse_settings(["--seed", "0"]))  # the chapter's defaults
     vae.save(tmp_path / f"{module.__name__}.keras")
-    (tmp_path / "config.json").write_text(json.dumps({"seed": 42, **config}))
+    settings = {"seed": 42, "data_dir": "", "test_fraction": 0.1, **config}
+    (tmp_path / "config.json").write_text(json.dumps(settings))
     if module is not denoising_vae:
         (tmp_path / "class_names.json").write_text(json.dumps([str(d) for d in range(10)]))
     return vae

@@ -246,3 +246,16 @@ def test_a_disk_that_fills_up_while_the_run_writes_ends_in_one_line(
     monkeypatch.undo()
     run_script(tmp_path, "--epochs", "1", "--resume")  # space freed: it finishes
     assert (tmp_path / "metrics.json").exists() and history_epochs(tmp_path) == ["0"]
+
+
+@pytest.mark.usefixtures("without_figures")
+def test_a_backup_that_cannot_be_loaded_ends_a_resume_in_one_line(tmp_path, small_mnist,
+                                                                  monkeypatch, capsys):
+    run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
+    (tmp_path / "backup" / "random_state.npz").unlink()
+    capsys.readouterr()
+    assert run_main_expecting_failure(tmp_path, "--epochs", "2", "--resume") == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"the backup in {tmp_path / 'backup'} cannot be loaded" in error
+    assert "start afresh with --overwrite" in error
