@@ -165,6 +165,8 @@ class VAE(keras.Model):
         """Images of pixel probabilities in [0, 1], decoded from z."""
         return ops.sigmoid(self.decode_logits(z, labels))
 
+    # `vae(inputs)` gives one pass; the steps below call the pass directly,
+    # without the wrapper Keras puts around `call` (same numbers, fewer ops).
     def call(self, inputs, training=False):
         return self.encode_sample_decode(inputs, training)
 
