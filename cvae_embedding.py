@@ -232,7 +232,7 @@ def main(argv=None):
     config = parse_settings(argv)
     if config.explore:
         return explore(config)
-    with start_run(config) as stopwatch:
+    with start_run(config) as run:
         # MNIST's digits, or the images and classes of DATA_DIR.
         (train_images, train_digits), (test_images, test_digits), class_names = load_images(
             config)
@@ -240,12 +240,13 @@ def main(argv=None):
         num_classes = len(class_names)
         train_data, test_data, test_pairs = datasets(
             (train_images, train_digits), (test_images, test_digits), config, num_classes)
-        stopwatch.lap("data")
+        run.lap("data")
 
-        with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config, test_images.shape[1:], num_classes)
-        train(vae, train_data, test_data, config)
-        stopwatch.lap("training")
+        with run.strategy.scope():  # one device, or several with --distribute
+            with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+                vae = build_vae(config, test_images.shape[1:], num_classes)
+            train(vae, train_data, test_data, config)
+        run.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.
         judge = classifier_for_run(config.data_dir, train_images, train_digits, num_classes,
@@ -258,9 +259,9 @@ def main(argv=None):
         write_metrics(vae, test_pairs, LOSS_SCALE, config, len(train_images),
                       extra={"conditional_accuracy": accuracy,
                              "label_embedding_vs_digit_likeness": likeness})
-        stopwatch.lap("evaluation")
+        run.lap("evaluation")
         save_figures(vae, test_images, test_digits, test_z_mean, class_names, config)
-        stopwatch.lap("figures")
+        run.lap("figures")
     return vae
 
 

@@ -306,16 +306,17 @@ def main(argv=None):
     config = parse_settings(argv)
     if config.explore:
         return explore(config)
-    with start_run(config) as stopwatch:
+    with start_run(config) as run:
         # MNIST, or the images of DATA_DIR; the labels are not used.
         train_set, test_set, _ = load_images(config, classes_needed=0)
         train_data, test_data, test_pairs = datasets(train_set, test_set, config)
-        stopwatch.lap("data")
+        run.lap("data")
 
-        with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
-            vae = build_vae(config, test_set[0].shape[1:])
-        train(vae, train_data, test_data, config)
-        stopwatch.lap("training")
+        with run.strategy.scope():  # one device, or several with --distribute
+            with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
+                vae = build_vae(config, test_set[0].shape[1:])
+            train(vae, train_data, test_data, config)
+        run.lap("training")
         scored_damaged, scored_clean = scored_test_images(*test_pairs, config)
         restored = restore(vae, scored_damaged)
         damaged_quality = image_quality(scored_damaged, scored_clean)
@@ -327,10 +328,10 @@ def main(argv=None):
         print(f"PSNR {psnr['corrupted']:.2f} dB -> {psnr['restored']:.2f} dB, "
               f"SSIM {ssim['corrupted']:.3f} -> {ssim['restored']:.3f} on "
               f"{restoration['images']:,} test images")
-        stopwatch.lap("evaluation")
+        run.lap("evaluation")
         save_figures(scored_damaged, restored, scored_clean, damaged_quality["psnr"],
                      restored_quality["psnr"], config)
-        stopwatch.lap("figures")
+        run.lap("figures")
     return vae
 
 

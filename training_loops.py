@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras import ops
 
 from support.callbacks import raise_if_diverged, training_callbacks
+from support.distribution import images_in_whole_batch, replica_rows, summed_over_replicas
 from support.run_folder import save_model
 
 PACKAGE = "vae_tutorial"  # the namespace our layers are registered under, for saving
@@ -45,10 +46,17 @@ class Sampling(keras.layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
+        rows, latent_dim = ops.shape(z_mean)
+        # On several devices (--distribute), each replica holds some rows of
+        # the batch: it draws the noise of the whole batch, as one device
+        # would, and keeps its own rows. Every replica reads the same
+        # generator, so drawing only its own rows would repeat replica 0's
+        # noise on all of them; this way the run is the same on 1 or N.
+        first_row, batch_rows = replica_rows(rows)
         # The noise takes the layer's compute dtype (bfloat16 under mixed precision).
-        epsilon = keras.random.normal(ops.shape(z_mean), dtype=self.compute_dtype,
+        epsilon = keras.random.normal((batch_rows, latent_dim), dtype=self.compute_dtype,
                                       seed=self.seed_generator)
-        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon[first_row:first_row + rows]
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -80,8 +88,22 @@ def kl_divergence(z_mean, z_log_var):
 
 # How a per-image term becomes the one number a batch reports: the
 # reference's chapters report different scales, and each chapter says which.
-BATCH_REDUCTIONS = {"mean": ops.mean,  # average over the images: a loss per image
-                    "sum": ops.sum}  # sum over the images: grows with the batch size
+BATCH_REDUCTIONS = ("mean",  # average over the images: a loss per image
+                    "sum")  # sum over the images: grows with the batch size
+
+
+def replica_share(per_image, reduction):
+    """This replica's share of the batch's number (on one device, all of it).
+
+    On N devices (--distribute) each replica holds part of the batch, and
+    the optimizer *sums* the replicas' gradients. So a replica's loss is its
+    share of the whole batch's: the sum over its images, divided, for a mean,
+    by the images of the whole batch. The shares' gradients then sum to one
+    device's gradient for the batch. A mean over the replica's own images
+    would sum to N times that gradient: N times the step size, silently.
+    """
+    total = ops.sum(per_image)
+    return total if reduction == "sum" else total / images_in_whole_batch(per_image)
 
 
 # ## 3. The model: encoder -> Sampling -> decoder, and its training step
@@ -183,8 +205,8 @@ class VAE(keras.Model):
         z_mean, z_log_var, logits = self.encode_sample_decode(inputs, training)
         reconstruction = reconstruction_loss(targets, logits)
         kl = kl_divergence(z_mean, z_log_var)
-        batch_reconstruction = BATCH_REDUCTIONS[self.reconstruction_reduction](reconstruction)
-        batch_kl = BATCH_REDUCTIONS[self.kl_reduction](kl)
+        batch_reconstruction = replica_share(reconstruction, self.reconstruction_reduction)
+        batch_kl = replica_share(kl, self.kl_reduction)
         return {"loss": batch_reconstruction + self.kl_weight * batch_kl,  # beta * KL
                 "reconstruction_loss": batch_reconstruction, "kl_loss": batch_kl,
                 "reconstruction_per_image": reconstruction, "kl_per_image": kl}
@@ -209,9 +231,15 @@ class VAE(keras.Model):
                                     [tracker.name for tracker in self.metrics])
 
     def update_trackers(self, losses, names):
+        """Adds the named losses to their running means. A batch's number is
+        the sum of the replicas' shares, so it does not change with their
+        count; each replica counts its own per-image values, and a tracker's
+        result adds up the counts of all replicas."""
         trackers = [tracker for tracker in self.metrics if tracker.name in names]
         for tracker in trackers:
-            tracker.update_state(losses[tracker.name])
+            value = losses[tracker.name]
+            is_batch_number = len(value.shape) == 0
+            tracker.update_state(summed_over_replicas(value) if is_batch_number else value)
         return {tracker.name: tracker.result() for tracker in trackers}
 
     # get_config and from_config let `keras.models.load_model` rebuild the model.
@@ -284,7 +312,8 @@ class KLAnnealing(keras.callbacks.Callback):
         self.weight_at, self.weights_this_epoch = weight_at, []
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.weights_this_epoch.append(self.weight_at(int(self.model.optimizer.iterations)))
+        step = int(self.model.optimizer.iterations.numpy())  # Adam's steps so far
+        self.weights_this_epoch.append(self.weight_at(step))
         self.model.kl_weight.assign(self.weights_this_epoch[-1])
 
     def on_epoch_end(self, epoch, logs=None):

@@ -17,6 +17,7 @@ import os
 import tokenize
 from pathlib import Path
 
+from support.distribution import DISTRIBUTE_CHOICES
 from training_loops import LEARNING_RATE_SCHEDULES, conv_filters
 
 # The options every chapter shares: NAME: (default, help). A chapter may give
@@ -40,6 +41,10 @@ RUN_OPTIONS = {
     # Computation
     "MIXED_PRECISION": (False, "compute in bfloat16: faster only on hardware with bfloat16 "
                         "units (see docs/speed.md)"),
+    "DISTRIBUTE": ("off", "train on several devices with tf.distribute: mirrored (every GPU "
+                   "here, see docs/distributed.md)"),
+    "REPLICAS": (0, "with --distribute mirrored: devices to use (0: every GPU); without "
+                 "GPUs, the CPU is split into this many"),
     # Evaluation
     "IWAE_SAMPLES": (100, "draws of z per test image for the log-likelihood bound (1 gives "
                      "the ELBO)"),
@@ -52,7 +57,8 @@ RUN_OPTIONS = {
 }
 
 # The values a flag may take, and the checks that refuse others in one line.
-CHOICES = {"LR_SCHEDULE": LEARNING_RATE_SCHEDULES, "CHANNELS": (1, 3)}
+CHOICES = {"LR_SCHEDULE": LEARNING_RATE_SCHEDULES, "CHANNELS": (1, 3),
+           "DISTRIBUTE": DISTRIBUTE_CHOICES}
 
 
 def check_image_size(image_size):
@@ -86,7 +92,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 # Numbers that may be 0; every other number must be positive.
-NON_NEGATIVE = {"SEED", "BETA", "LR_WARMUP_FRACTION", "KL_WARMUP_EPOCHS", "KL_CYCLES"}
+NON_NEGATIVE = {"SEED", "BETA", "LR_WARMUP_FRACTION", "KL_WARMUP_EPOCHS", "KL_CYCLES",
+                "REPLICAS"}
 
 
 def parse_settings(script_globals, argv=None, choices=None, **run_option_defaults):

@@ -11,6 +11,7 @@ handed on from here with the images.
 import argparse
 import contextlib
 import hashlib
+import functools
 import io
 import os
 from pathlib import Path
@@ -484,9 +485,13 @@ class ImageFiles:
 PARALLEL_READS = min(8, os.cpu_count() or 1)
 
 
-# The epoch `fit` is in, counted from 0. A shuffled dataset reads it as each
-# pass over it begins, and `ShuffleByEpoch` sets it.
-_epoch_being_shuffled = tf.Variable(0, dtype="int64", trainable=False, name="current_epoch")
+@functools.cache
+def _epoch_being_shuffled():
+    """The epoch `fit` is in, counted from 0: a variable that a shuffled
+    dataset reads as each pass over it begins, and `ShuffleByEpoch` sets.
+    Made when first needed: a variable made on import would start
+    TensorFlow's devices before --replicas can split the CPU."""
+    return tf.Variable(0, dtype="int64", trainable=False, name="current_epoch")
 
 
 class ShuffleByEpoch(keras.callbacks.Callback):
@@ -496,7 +501,7 @@ class ShuffleByEpoch(keras.callbacks.Callback):
     run sees there."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        _epoch_being_shuffled.assign(epoch)
+        _epoch_being_shuffled().assign(epoch)
 
 
 def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
@@ -562,7 +567,7 @@ def _shuffled_by_epoch(elements, shuffle_buffer, seed):
         # `==` when the global seed is 0).
         tf.compat.v1.set_random_seed(1)
         epoch_seed = tf.random.stateless_uniform(
-            [], seed=tf.stack([tf.constant(seed, "int64"), _epoch_being_shuffled]),
+            [], seed=tf.stack([tf.constant(seed, "int64"), _epoch_being_shuffled()]),
             minval=0, maxval=2**31 - 1, dtype="int64")
         return elements.shuffle(shuffle_buffer, seed=epoch_seed,
                                 reshuffle_each_iteration=False)

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from support.distribution import make_strategy
 from support.numerics import make_reproducible
 from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted, first_line
 from support.image_data import folder_fingerprint
@@ -48,7 +49,7 @@ from support.image_data import folder_fingerprint
 # feeds the batches holding the images would.)
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
                      "examples_shown", "iwae_samples", "iwae_images", "restoration_images",
-                     "stream_from_disk"}
+                     "stream_from_disk", "distribute", "replicas"}
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"
@@ -62,17 +63,20 @@ LOCK_FILE = ".run.lock"
 
 @contextlib.contextmanager
 def start_run(config):
-    """`with start_run(config) as stopwatch:` wraps a chapter's training run.
+    """`with start_run(config) as run:` wraps a chapter's training run.
 
     On entry: takes the output folder for this run alone (see
     `take_output_dir`), refuses a --resume of a finished run or with settings
     that differ from the run it continues, seeds everything and writes
-    config.json. The chapter calls `stopwatch.lap(phase)` at the end of each
+    config.json. `run.strategy` is the run's tf.distribute strategy (one
+    device, unless --distribute): the model is built and trained in its
+    scope. The chapter calls `run.lap(phase)` at the end of each
     phase. On leaving the block without an error: writes timings.json, says
     where the time went, and removes the backup that allowed --resume, since
     every output is written. On Ctrl-C: says what --resume will continue.
     """
     output_dir = config.output_dir
+    strategy = make_strategy(config)  # first: before TensorFlow touches a device
     check_output_dir(output_dir)
     _refuse_foreign_files(output_dir)  # before the lock file is made
     with exclusive_use(output_dir):
@@ -84,9 +88,9 @@ def start_run(config):
         check_resumable(config, output_dir)
         make_reproducible(config.seed)
         save_json(vars(config), output_dir / "config.json")
-        stopwatch = Stopwatch()
+        run = Run(strategy)
         try:
-            yield stopwatch
+            yield run
         except KeyboardInterrupt:
             raise RunInterrupted(_interrupted_message(output_dir)) from None
         except OSError as error:
@@ -98,7 +102,7 @@ def start_run(config):
             what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)
             raise RunError(f"cannot read {what}. Put it back, then run the same command with "
                            "--resume") from None
-        _finish_run(config, stopwatch)
+        _finish_run(config, run)
 
 
 @contextlib.contextmanager
@@ -227,12 +231,13 @@ def check_resumable(config, output_dir):
                        f"{saved['epochs']}")
 
 
-class Stopwatch:
-    """Wall-clock seconds per phase of a run: `lap("training")` ends the
-    phase that began at the previous lap (or when the stopwatch was made)."""
+class Run:
+    """A run's tf.distribute `strategy`, and its wall-clock seconds per
+    phase: `lap("training")` ends the phase that began at the previous lap
+    (or when the run began)."""
 
-    def __init__(self):
-        self.seconds = {}
+    def __init__(self, strategy):
+        self.strategy, self.seconds = strategy, {}
         self._last = time.perf_counter()
 
     def lap(self, phase):
@@ -261,13 +266,13 @@ def _drop_empty_history(history_path):
         history_path.unlink()
 
 
-def _finish_run(config, stopwatch):
-    total = sum(stopwatch.seconds.values())
-    save_json({**{phase: round(seconds, 2) for phase, seconds in stopwatch.seconds.items()},
+def _finish_run(config, run):
+    total = sum(run.seconds.values())
+    save_json({**{phase: round(seconds, 2) for phase, seconds in run.seconds.items()},
                "total": round(total, 2)}, config.output_dir / "timings.json")
     discard_backup(config.output_dir)
     phases = ", ".join(f"{phase} {seconds:.1f} s"
-                       for phase, seconds in stopwatch.seconds.items())
+                       for phase, seconds in run.seconds.items())
     print(f"Took {total:.0f} s ({phases}). "
           f"Wrote the model, metrics, history and figures to {config.output_dir}")
 
