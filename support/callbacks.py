@@ -13,7 +13,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from support.distribution import from_chief, several_workers
 from support.errors import RunError, TrainingDiverged, first_line
 from support.image_data import ShuffleByEpoch
 from support.run_folder import (BACKUP_METADATA, BACKUP_RANDOM_STATE, BACKUP_WEIGHTS,
@@ -45,7 +47,7 @@ def training_callbacks(output_dir, resume):
         backup,
         ShuffleByEpoch(),
     ]
-    return callbacks, backup.finished_epochs()
+    return callbacks, backup.finished_epochs
 
 
 def raise_if_diverged(history):
@@ -80,16 +82,24 @@ class AllOrNothingBackup(keras.callbacks.Callback):
     def __init__(self, backup_dir):
         super().__init__()
         self.backup_dir = Path(backup_dir)
-
-    def finished_epochs(self):
-        return backed_up_epochs(self.backup_dir)
+        # Under --distribute multi-worker only the chief's folder holds the
+        # backup that counts: every worker starts where the chief's says.
+        self.finished_epochs = int(from_chief([tf.constant(backed_up_epochs(backup_dir))])[0])
 
     def on_train_begin(self, logs=None):
-        if not self.finished_epochs():
+        if not self.finished_epochs:
             return
         # The optimizer's variables must exist for its state to load.
         if not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
+        if backed_up_epochs(self.backup_dir):  # every run's, but another worker's
+            self.restore_backup()
+        if several_workers():  # the other workers take the chief's restored state
+            state = _restored_state(self.model)
+            for variable, value in zip(state, from_chief([variable.value for variable in state])):
+                variable.assign(value)
+
+    def restore_backup(self):
         try:
             self.model.load_weights(self.backup_dir / BACKUP_WEIGHTS)
             with np.load(self.backup_dir / BACKUP_RANDOM_STATE) as saved:
@@ -122,6 +132,12 @@ class AllOrNothingBackup(keras.callbacks.Callback):
             os.replace(self.backup_dir, previous)
         os.replace(staging, self.backup_dir)
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _restored_state(model):
+    """What a backup restores: the weights, the optimizer state and the
+    seed generators' states."""
+    return [*model.weights, *model.optimizer.variables, *_random_states(model)]
 
 
 def _random_states(model):

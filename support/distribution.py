@@ -12,15 +12,29 @@ or, on a machine without GPUs, the CPU split into --replicas logical devices
 (so that the path runs and is tested anywhere). Each replica computes the
 gradient of its part of every batch; the gradients are summed across the
 replicas and every replica applies the same step to its copy of the weights.
+
+--distribute multi-worker: `tf.distribute.MultiWorkerMirroredStrategy` over
+the machines that the standard TF_CONFIG environment variable lists, each
+running the same command (its own GPUs, or its CPU, are its replicas). The
+chief (task "chief", or worker 0) writes the run folder; the other workers
+write into a temporary folder that the run removes. On --resume every worker
+starts from the chief's backup (`from_chief`), so only the chief's folder
+needs to survive.
 """
 
+import json
 import os
+import socket
+import sys
+import threading
 
 import tensorflow as tf
 
 from support.errors import RunError
 
-DISTRIBUTE_CHOICES = ("off", "mirrored")
+DISTRIBUTE_CHOICES = ("off", "mirrored", "multi-worker")
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
 
 
 def make_strategy(config):
@@ -30,6 +44,13 @@ def make_strategy(config):
         if config.replicas > 1:
             raise RunError(f"--replicas {config.replicas} needs --distribute mirrored")
         return tf.distribute.get_strategy()  # the default: one device, no replicas
+    if config.distribute == "multi-worker":
+        if config.replicas:
+            raise RunError("--replicas is for --distribute mirrored: under multi-worker, "
+                           "each machine's replicas are its GPUs, or its CPU")
+        strategy = _multi_worker_strategy(_cluster(), config.worker_timeout)
+        _check_batch_splits(config.batch_size, strategy.num_replicas_in_sync)
+        return strategy
     devices = _local_devices(config.replicas)
     _check_batch_splits(config.batch_size, len(devices))
     return tf.distribute.MirroredStrategy(devices)
@@ -59,6 +80,125 @@ def _local_devices(replicas):
             raise RunError(f"--replicas {replicas}: the CPU can be split into devices only "
                            "before TensorFlow starts; run in a new process") from None
     return [f"/cpu:{index}" for index in range(replicas)]
+
+
+def _cluster():
+    """TF_CONFIG's cluster and this process's task in it, checked."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise RunError("--distribute multi-worker reads the cluster from the TF_CONFIG "
+                       f"environment variable, which is not set: set it on each machine, "
+                       f"such as TF_CONFIG='{TF_CONFIG_EXAMPLE}' (index 1 on the second)")
+    try:
+        tf_config = json.loads(text)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        addresses = {kind: list(cluster[kind]) for kind in ("chief", "worker") if kind in cluster}
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        problem = (f"no {error}" if isinstance(error, KeyError)
+                   else str(error).splitlines()[0])
+        raise RunError(f"TF_CONFIG does not describe a cluster ({problem}): it should read "
+                       f"like '{TF_CONFIG_EXAMPLE}'") from None
+    if not 0 <= index < len(addresses.get(kind, [])):
+        raise RunError(f"TF_CONFIG's task ({kind} {index}) is not in its cluster "
+                       f"({json.dumps(addresses)})")
+    return addresses, kind, index
+
+
+def _multi_worker_strategy(cluster, timeout_seconds):
+    """MultiWorkerMirroredStrategy, once every worker has joined; or, after
+    `timeout_seconds`, a one-line error naming those that did not answer.
+    TensorFlow would wait for them forever, deaf to Ctrl-C and SIGTERM, so a
+    watchdog thread ends the process itself: nothing is written yet."""
+    addresses, kind, index = cluster
+    others = [(other_kind, other_index, address)
+              for other_kind, listed in addresses.items()
+              for other_index, address in enumerate(listed)
+              if (other_kind, other_index) != (kind, index)]
+
+    def give_up():
+        silent = [f"{other_kind} {other_index} at {address}"
+                  for other_kind, other_index, address in others if not _answers(address)]
+        print(f"error: --distribute multi-worker: the cluster did not assemble within "
+              f"{timeout_seconds} s (--worker-timeout); no answer from "
+              f"{', '.join(silent) or 'a worker that has not started this run'}. Start "
+              "the same command on every machine of TF_CONFIG's cluster.",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout_seconds, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        # A step waits at most this long for a worker that stopped answering.
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=timeout_seconds)
+        return _MultiWorkerStrategy(communication_options=options)
+    finally:
+        watchdog.cancel()
+
+
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with a `reduce` that takes what Keras 3's
+    `fit` hands it (keras-team/keras#20585, open with Keras 3.15): a batch
+    made of several tensors, and a step's scalar logs with `axis=0`. The
+    strategy's own `reduce` takes one tensor at a time, with an axis it has,
+    so `fit` stopped at its first batch. This reduces each tensor alone, a
+    scalar over the replicas only."""
+
+    def reduce(self, reduce_op, value, axis):
+        def reduce_one(tensor):
+            rank = self.experimental_local_results(tensor)[0].shape.rank
+            return super(_MultiWorkerStrategy, self).reduce(reduce_op, tensor,
+                                                            axis if rank else None)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def _answers(address):
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def is_chief(strategy):
+    """Whether this process writes the run: always, but under multi-worker
+    for the chief alone (the task "chief", or worker 0 if there is none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and (
+        "chief" not in resolver.cluster_spec().as_dict())
+
+
+def several_workers(strategy=None):
+    """Whether the run is spread over several processes (multi-worker)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def from_chief(values, strategy=None):
+    """`values` (a list of tensors) as the chief has them, on every worker:
+    a sum over the workers to which only the chief adds. Without several
+    workers, `values` themselves."""
+    if not several_workers(strategy):
+        return values
+    strategy = strategy or tf.distribute.get_strategy()
+
+    def chief_values():
+        context = tf.distribute.get_replica_context()
+        first = context.replica_id_in_sync_group == 0  # the chief's first device
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, [
+            tf.where(first, value, tf.zeros_like(value)) for value in values])
+
+    # Compiled, as collective operations run best (and without a warning).
+    run_on_replicas = tf.function(lambda: strategy.run(chief_values))
+    return strategy.experimental_local_results(run_on_replicas())[0]
 
 
 def _check_batch_splits(batch_size, replicas):

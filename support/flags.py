@@ -41,10 +41,13 @@ RUN_OPTIONS = {
     # Computation
     "MIXED_PRECISION": (False, "compute in bfloat16: faster only on hardware with bfloat16 "
                         "units (see docs/speed.md)"),
-    "DISTRIBUTE": ("off", "train on several devices with tf.distribute: mirrored (every GPU "
-                   "here, see docs/distributed.md)"),
+    "DISTRIBUTE": ("off", "train on several devices with tf.distribute: mirrored (the GPUs "
+                   "here) or multi-worker (the machines of TF_CONFIG); see "
+                   "docs/distributed.md"),
     "REPLICAS": (0, "with --distribute mirrored: devices to use (0: every GPU); without "
                  "GPUs, the CPU is split into this many"),
+    "WORKER_TIMEOUT": (120, "with --distribute multi-worker: seconds to wait for the other "
+                       "workers, to join and at each step"),
     # Evaluation
     "IWAE_SAMPLES": (100, "draws of z per test image for the log-likelihood bound (1 gives "
                      "the ELBO)"),

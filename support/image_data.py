@@ -533,6 +533,12 @@ def make_dataset(inputs, targets, batch_size, shuffle_buffer=None, seed=None):
     # thread to stop before the next epoch's iterator could start).
     options = tf.data.Options()
     options.autotune.enabled = False
+    # Under --distribute multi-worker, each worker keeps its part of every
+    # batch of this one sequence ("by data"), so the workers together train
+    # on one device's batches and a run resumes exactly. Sharding by file
+    # would give each worker other images. The price: a worker reads every
+    # image, also those it drops (a streamed folder's, read from disk).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
 
 

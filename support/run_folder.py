@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -39,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support.distribution import make_strategy
+from support.distribution import is_chief, make_strategy
 from support.numerics import make_reproducible
 from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted, first_line
 from support.image_data import folder_fingerprint
@@ -49,7 +50,8 @@ from support.image_data import folder_fingerprint
 # feeds the batches holding the images would.)
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
                      "examples_shown", "iwae_samples", "iwae_images", "restoration_images",
-                     "stream_from_disk", "distribute", "replicas"}
+                     "stream_from_disk", "distribute", "replicas",
+                     "worker_timeout"}
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"
@@ -75,8 +77,13 @@ def start_run(config):
     where the time went, and removes the backup that allowed --resume, since
     every output is written. On Ctrl-C: says what --resume will continue.
     """
-    output_dir = config.output_dir
     strategy = make_strategy(config)  # first: before TensorFlow touches a device
+    with _folder_of_this_worker(config, strategy):
+        yield from _run_in_folder(config, strategy)
+
+
+def _run_in_folder(config, strategy):
+    output_dir = config.output_dir
     check_output_dir(output_dir)
     _refuse_foreign_files(output_dir)  # before the lock file is made
     with exclusive_use(output_dir):
@@ -88,7 +95,7 @@ def start_run(config):
         check_resumable(config, output_dir)
         make_reproducible(config.seed)
         save_json(vars(config), output_dir / "config.json")
-        run = Run(strategy)
+        run = Run(strategy, chief=is_chief(strategy))
         try:
             yield run
         except KeyboardInterrupt:
@@ -103,6 +110,23 @@ def start_run(config):
             raise RunError(f"cannot read {what}. Put it back, then run the same command with "
                            "--resume") from None
         _finish_run(config, run)
+
+
+@contextlib.contextmanager
+def _folder_of_this_worker(config, strategy):
+    """The chief (every run but a multi-worker one's other workers) writes in
+    --output-dir. Another worker trains alongside and writes into a
+    temporary folder, removed at the end, as TensorFlow's guides do: its
+    files would repeat the chief's, and two writers would clash in one
+    folder. On --resume it starts from the chief's backup."""
+    if is_chief(strategy):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix=f"{config.output_dir.name}-worker-") as scratch:
+        print(f"This worker trains with the chief, which writes the run; this worker's "
+              f"files go to {scratch} and are removed at the end.", flush=True)
+        config.output_dir, config.resume, config.overwrite = Path(scratch), False, False
+        yield
 
 
 @contextlib.contextmanager
@@ -236,8 +260,8 @@ class Run:
     phase: `lap("training")` ends the phase that began at the previous lap
     (or when the run began)."""
 
-    def __init__(self, strategy):
-        self.strategy, self.seconds = strategy, {}
+    def __init__(self, strategy, chief=True):
+        self.strategy, self.chief, self.seconds = strategy, chief, {}
         self._last = time.perf_counter()
 
     def lap(self, phase):
@@ -273,8 +297,9 @@ def _finish_run(config, run):
     discard_backup(config.output_dir)
     phases = ", ".join(f"{phase} {seconds:.1f} s"
                        for phase, seconds in run.seconds.items())
-    print(f"Took {total:.0f} s ({phases}). "
-          f"Wrote the model, metrics, history and figures to {config.output_dir}")
+    wrote = (f"Wrote the model, metrics, history and figures to {config.output_dir}"
+             if run.chief else "The chief wrote the run's files")
+    print(f"Took {total:.0f} s ({phases}). {wrote}")
 
 
 # ---------------------------------------------------------------------------
