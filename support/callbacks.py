@@ -94,7 +94,14 @@ class AllOrNothingBackup(keras.callbacks.Callback):
             self.model.optimizer.build(self.model.trainable_variables)
         if backed_up_epochs(self.backup_dir):  # every run's, but another worker's
             self.restore_backup()
-        if several_workers():  # the other workers take the chief's restored state
+        elif several_workers():
+            # Another worker, whose temporary folder holds no backup. Keras
+            # makes a few variables the first time it loads or saves weights,
+            # and under MultiWorkerMirroredStrategy every worker must make
+            # the same variables in the same order: this worker saves its
+            # state where the chief loaded one.
+            self.save_backup(self.finished_epochs)
+        if several_workers():  # every worker takes the chief's restored state
             state = _restored_state(self.model)
             for variable, value in zip(state, from_chief([variable.value for variable in state])):
                 variable.assign(value)

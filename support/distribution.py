@@ -24,9 +24,9 @@ needs to survive.
 
 import json
 import os
-import socket
+import subprocess
 import sys
-import threading
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -106,36 +106,25 @@ def _cluster():
 
 
 def _multi_worker_strategy(cluster, timeout_seconds):
-    """MultiWorkerMirroredStrategy, once every worker has joined; or, after
-    `timeout_seconds`, a one-line error naming those that did not answer.
-    TensorFlow would wait for them forever, deaf to Ctrl-C and SIGTERM, so a
-    watchdog thread ends the process itself: nothing is written yet."""
+    """MultiWorkerMirroredStrategy, once every worker has joined. TensorFlow
+    would wait for them forever, deaf to Ctrl-C and SIGTERM: after
+    `timeout_seconds`, a watchdog process (support/watchdog.py) names the
+    workers that did not answer, in one line, and ends this one."""
     addresses, kind, index = cluster
-    others = [(other_kind, other_index, address)
+    others = [f"{other_kind} {other_index} at {address}"
               for other_kind, listed in addresses.items()
               for other_index, address in enumerate(listed)
               if (other_kind, other_index) != (kind, index)]
-
-    def give_up():
-        silent = [f"{other_kind} {other_index} at {address}"
-                  for other_kind, other_index, address in others if not _answers(address)]
-        print(f"error: --distribute multi-worker: the cluster did not assemble within "
-              f"{timeout_seconds} s (--worker-timeout); no answer from "
-              f"{', '.join(silent) or 'a worker that has not started this run'}. Start "
-              "the same command on every machine of TF_CONFIG's cluster.",
-              file=sys.stderr, flush=True)
-        os._exit(1)
-
-    watchdog = threading.Timer(timeout_seconds, give_up)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = subprocess.Popen([sys.executable, str(Path(__file__).with_name("watchdog.py")),
+                                 str(os.getpid()), str(timeout_seconds), *others])
     try:
         # A step waits at most this long for a worker that stopped answering.
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=timeout_seconds)
         return _MultiWorkerStrategy(communication_options=options)
     finally:
-        watchdog.cancel()
+        watchdog.kill()
+        watchdog.wait()
 
 
 class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -153,15 +142,6 @@ class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
                                                             axis if rank else None)
 
         return tf.nest.map_structure(reduce_one, value)
-
-
-def _answers(address):
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def is_chief(strategy):
@@ -193,8 +173,9 @@ def from_chief(values, strategy=None):
     def chief_values():
         context = tf.distribute.get_replica_context()
         first = context.replica_id_in_sync_group == 0  # the chief's first device
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, [
-            tf.where(first, value, tf.zeros_like(value)) for value in values])
+        return [context.all_reduce(tf.distribute.ReduceOp.SUM,  # one by one: mixed dtypes
+                                   tf.where(first, value, tf.zeros_like(value)))
+                for value in values]
 
     # Compiled, as collective operations run best (and without a warning).
     run_on_replicas = tf.function(lambda: strategy.run(chief_values))

@@ -104,6 +104,8 @@ def _run_in_folder(config, strategy):
             if error.errno != errno.ENOSPC:
                 raise
             raise DiskFull(f"the disk holding {output_dir} is full. {DISK_FULL_ADVICE}") from None
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError):
+            raise RunError(_worker_lost_message(output_dir)) from None
         except tf.errors.NotFoundError as error:  # an image of a streamed folder went missing
             missing = re.search(r"(\S+); No such file or directory", error.message)
             what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)
@@ -278,6 +280,18 @@ def _interrupted_message(output_dir):
     verb = "is" if finished == 1 else "are"
     return (f"Interrupted. {_finished_epochs_text(finished)} {verb} backed up: run the same "
             "command with --resume to continue.")
+
+
+def _worker_lost_message(output_dir):
+    """A multi-worker run that lost a worker (it stopped, or stopped answering)."""
+    finished = backed_up_epochs(output_dir / "backup")
+    _drop_empty_history(output_dir / "history.csv")
+    backed_up = (f"{_finished_epochs_text(finished)} {'is' if finished == 1 else 'are'} "
+                 "backed up" if finished else "no epoch had finished")
+    return ("lost contact with another worker of the cluster (it stopped, or stopped "
+            f"answering within --worker-timeout). "
+            f"{backed_up}: once every worker can run again, start the same command on each "
+            "with --resume")
 
 
 def _finished_epochs_text(finished):
