@@ -33,11 +33,18 @@ memory is its own. With `--folder`, the sweep trains on a folder of images
 instead, once held in memory and once streamed from disk (what a run does
 with a folder too large to hold), to show what reading from disk costs.
 
+With `--replicas`, it measures instead the median training step of each
+model on one device (1), on N replicas of this machine under MirroredStrategy
+(2, ...: its GPUs, or its CPU split into N logical devices) and on two
+workers on localhost under MultiWorkerMirroredStrategy (2-workers), each in
+fresh processes, at the same global batch.
+
     python benchmarks/benchmark.py              # about 15 minutes on 2 cores
     python benchmarks/benchmark.py --quick      # about 30 seconds, to check it works
     python benchmarks/benchmark.py --image-sizes 28 56 112 224 --precisions float32
     python benchmarks/benchmark.py --image-sizes 64 --channels 3 --folder shapes
     python benchmarks/benchmark.py --models cvae_onehot --precisions float32 --jit-compile
+    python benchmarks/benchmark.py --replicas 1 2 2-workers --models cvae_onehot
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/benchmark.py --models cvae_onehot
 
 TensorFlow reads its thread settings from the environment
@@ -51,11 +58,13 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -68,6 +77,7 @@ import tensorflow as tf  # noqa: E402
 import cvae_embedding  # noqa: E402
 import cvae_onehot  # noqa: E402
 import denoising_vae  # noqa: E402
+from support.distribution import make_strategy  # noqa: E402
 from support.image_data import NUM_CLASSES, load_image_folder, load_mnist_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
 from support.errors import run_main  # noqa: E402
@@ -184,10 +194,14 @@ def split_epoch(start, step_ends, validation_seconds, end):
     }
 
 
-def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NUM_CLASSES):
+def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NUM_CLASSES,
+                   strategy=None):
     """`repeats` epochs through `training_loops.train`, after one warm-up
-    epoch that traces the graph. The training images may be ImageFiles."""
-    vae = build(chapter, train_set[0].shape[1:], classes)
+    epoch that traces the graph, on one device or under `strategy`. The
+    training images may be ImageFiles."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        vae = build(chapter, train_set[0].shape[1:], classes)
     timer = StepTimer()
     # fit's per-epoch lines are hidden, so the benchmark prints only its table.
     with (tempfile.TemporaryDirectory() as output_dir, open(os.devnull, "w") as devnull,
@@ -195,7 +209,8 @@ def project_epochs(chapter, train_set, test_set, batch_size, repeats, classes=NU
         config = settings(chapter, "--batch-size", str(batch_size), "--epochs", str(1 + repeats),
                           "--output-dir", output_dir)
         train_data, test_data, _ = chapter.datasets(train_set, test_set, config, classes)
-        train(vae, train_data, test_data, config, callbacks=[timer])
+        with strategy.scope():
+            train(vae, train_data, test_data, config, callbacks=[timer])
     return timer.epochs[1:]
 
 
@@ -444,17 +459,114 @@ def print_table(results):
           "once-per-epoch cost; test s: the test-set pass after each epoch (not in project)")
 
 
+# ## How the step changes with replicas (--replicas)
+
+# What a sweep measures: one device ("1"), N replicas of this machine under
+# MirroredStrategy ("2", ...), or two workers on localhost under
+# MultiWorkerMirroredStrategy ("2-workers").
+WORKERS_ON_LOCALHOST = "2-workers"
+
+
+def measure_replicas(name, setting, steps, repeats, batch_size, test_images):
+    """One model on one `setting` of the sweep, in this process (a worker's
+    process, for "2-workers"): the median step, images per second."""
+    if setting == WORKERS_ON_LOCALHOST:
+        distribute, replicas = "multi-worker", 0
+    else:
+        distribute, replicas = ("off", 0) if setting == "1" else ("mirrored", int(setting))
+    strategy = make_strategy(SimpleNamespace(distribute=distribute, replicas=replicas,
+                                             batch_size=batch_size, worker_timeout=120))
+    make_reproducible(0)
+    train_set, test_set = load_mnist_images(min(steps * batch_size, 60_000), test_images)
+    step_ms = [epoch["median_step_ms"] for epoch in project_epochs(
+        CHAPTERS[name], train_set, test_set, batch_size, repeats, strategy=strategy)]
+    return {"model": name, "setting": setting, "replicas": strategy.num_replicas_in_sync,
+            "ms_per_step": summary(step_ms),
+            "images_per_second": batch_size / (np.median(step_ms) / 1000)}
+
+
+def replica_sweep(models, settings, steps, repeats, batch_size, test_images):
+    """`measure_replicas` for each model and setting, each in fresh
+    processes: the CPU can be split into devices only before TensorFlow
+    starts, and two workers are two processes."""
+    flags = ["--steps", str(steps), "--repeats", str(repeats), "--batch-size", str(batch_size),
+             "--test-images", str(test_images)]
+    rows = []
+    for name in models:
+        for setting in settings:
+            rows.append(_replica_setting_in_children(name, setting, flags))
+            print_replica_row(rows[-1], rows, flush=True)
+    return {"batch_size": batch_size, "steps": steps, "repeats": repeats,
+            "test_images": test_images, "settings": rows}
+
+
+def _replica_setting_in_children(name, setting, flags):
+    """The row of the process that measured (the chief, for two workers)."""
+    workers = 2 if setting == WORKERS_ON_LOCALHOST else 1
+    ports = _free_ports(workers)
+    with tempfile.TemporaryDirectory() as scratch:
+        children = []
+        for index in range(workers):
+            env = dict(os.environ)
+            if workers > 1:
+                env["TF_CONFIG"] = json.dumps({
+                    "cluster": {"worker": [f"localhost:{port}" for port in ports]},
+                    "task": {"type": "worker", "index": index}})
+            children.append(subprocess.Popen(
+                [sys.executable, __file__, "--one-replica-setting", name, setting, *flags,
+                 "--output", f"{scratch}/row{index}.json"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for child in children:
+            child.stderr_text = child.communicate()[1]
+        if children[0].returncode == 0:
+            return json.loads(Path(f"{scratch}/row0.json").read_text())
+        return {"model": name, "setting": setting, "failed": _why_it_failed(SimpleNamespace(
+            returncode=children[0].returncode, stderr=children[0].stderr_text))}
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for each in sockets:
+        each.bind(("localhost", 0))
+    ports = [each.getsockname()[1] for each in sockets]
+    for each in sockets:
+        each.close()
+    return ports
+
+
+REPLICA_HEADER = (f"{'model':<15} {'setting':<10} {'replicas':>8} {'ms per step':>20} "
+                  f"{'images/s':>8} {'x one device':>12}")
+
+
+def print_replica_row(row, rows, flush=False):
+    """One line of the replica table; 'x one device' divides the model's
+    one-device step time by this row's (above 1: faster)."""
+    if len(rows) == 1:
+        print(REPLICA_HEADER)
+        print("-" * len(REPLICA_HEADER))
+    if "failed" in row:
+        print(f"{row['model']:<15} {row['setting']:<10} failed: {row['failed']}", flush=flush)
+        return
+    ms = row["ms_per_step"]
+    first = next((r for r in rows if r["model"] == row["model"] and r["setting"] == "1"
+                  and "failed" not in r), row)
+    spread = "/".join(f"{ms[k]:.0f}" for k in ("min", "median", "max"))
+    print(f"{row['model']:<15} {row['setting']:<10} {row['replicas']:>8} {spread:>20} "
+          f"{row['images_per_second']:>8.0f} "
+          f"{first['ms_per_step']['median'] / ms['median']:>12.2f}", flush=flush)
+
+
 def main(argv=None):
     parser = OneLineErrorParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per repeat (default 469: one MNIST epoch at batch 128, "
                         "as the scripts run, so per-epoch costs weigh as they do there; "
-                        "20 with --image-sizes)")
+                        "20 with --image-sizes, 50 with --replicas)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per model")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--test-images", type=int, default=None,
                         help="images in the test-set pass after each epoch (default 10,000, "
-                        "as the scripts use; 512 with --image-sizes)")
+                        "as the scripts use; 512 with --image-sizes or --replicas)")
     parser.add_argument("--image-sizes", type=int, nargs="+", metavar="SIZE",
                         help="measure how the cost grows with the image instead: MNIST "
                         "resized to each size (28, 56, 112, 224, ...)")
@@ -469,6 +581,14 @@ def main(argv=None):
     # in a process of its own.
     parser.add_argument("--one-size", nargs=4, metavar=("MODEL", "SIZE", "PRECISION", "IMAGES"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--replicas", nargs="+", metavar="SETTING",
+                        help="measure instead the training step on one device (1), on N "
+                        "replicas of this machine (2, ...: its GPUs, or its CPU split into N "
+                        "devices) and on two workers on localhost (2-workers)")
+    # One (model, setting) of the replica sweep, run by `replica_sweep` in
+    # a process of its own (two, for 2-workers).
+    parser.add_argument("--one-replica-setting", nargs=2, metavar=("MODEL", "SETTING"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", choices=list(CHAPTERS), default=list(CHAPTERS))
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
                         default=list(PRECISIONS))
@@ -481,13 +601,15 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the results as JSON (default "
                         "outputs/benchmark.json, or outputs/benchmark_image_sizes.json "
-                        "with --image-sizes)")
+                        "with --image-sizes, outputs/benchmark_replicas.json with "
+                        "--replicas)")
     args = parser.parse_args(argv)
     sweep = bool(args.image_sizes)
+    any_sweep = sweep or bool(args.replicas or args.one_replica_setting)
     steps, repeats, test_images, matmul_size = (
         (5, 2, 256, 512) if args.quick
-        else (args.steps or (20 if sweep else 469), args.repeats,
-              args.test_images or (512 if sweep else 10_000), args.matmul_size or 2048))
+        else (args.steps or (20 if sweep else 50 if any_sweep else 469), args.repeats,
+              args.test_images or (512 if any_sweep else 10_000), args.matmul_size or 2048))
     if min(repeats, args.batch_size, test_images) < 1 or steps < 2:
         parser.error("--repeats, --batch-size and --test-images must be positive, "
                      "--steps at least 2")
@@ -504,7 +626,17 @@ def main(argv=None):
             check_image_size(size)
         except ValueError as error:
             parser.error(f"--image-sizes {size}: {error}")
-    if args.one_size:
+    for setting in args.replicas or []:
+        if not (setting == WORKERS_ON_LOCALHOST or setting.isdigit() and int(setting) > 0):
+            parser.error(f"--replicas {setting}: expected a number of replicas (1, 2, ...) or "
+                         f"{WORKERS_ON_LOCALHOST}")
+    if args.one_replica_setting:
+        results = measure_replicas(*args.one_replica_setting, steps, repeats, args.batch_size,
+                                   test_images)
+    elif args.replicas:
+        results = replica_sweep(args.models, args.replicas, steps, repeats, args.batch_size,
+                                test_images)
+    elif args.one_size:
         name, size, policy, images = args.one_size
         results = measure_size(name, int(size), policy, steps, repeats, args.batch_size,
                                test_images, matmul_size, args.channels, images, args.folder)
@@ -517,10 +649,11 @@ def main(argv=None):
                       test_images, matmul_size, args.jit_compile)
         print_table(results)
     output = args.output or REPO / "outputs" / (
-        "benchmark_image_sizes.json" if sweep else "benchmark.json")
+        "benchmark_image_sizes.json" if sweep
+        else "benchmark_replicas.json" if args.replicas else "benchmark.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    if not args.one_size:
+    if not (args.one_size or args.one_replica_setting):
         print(f"Wrote {output}")
     return results
 

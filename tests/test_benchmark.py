@@ -185,6 +185,30 @@ def test_the_size_sweep_compares_a_folder_held_and_streamed(shapes_folder, tmp_p
     assert "held" in printed and "streamed" in printed and "failed" not in printed
 
 
+@pytest.mark.slow
+def test_the_replica_sweep_measures_one_device_two_replicas_and_two_workers(small_mnist,
+                                                                            tmp_path, capsys):
+    results = benchmark.main(["--quick", "--replicas", "1", "2", "2-workers", "--models",
+                              "cvae_onehot", "--output", str(tmp_path / "replicas.json")])
+    rows = results["settings"]
+    assert [(row["setting"], row["replicas"]) for row in rows] == [
+        ("1", 1), ("2", 2), ("2-workers", 2)]
+    for row in rows:
+        assert row["ms_per_step"]["median"] > 0
+        assert row["images_per_second"] == pytest.approx(
+            128 / row["ms_per_step"]["median"] * 1000)
+    printed = capsys.readouterr().out
+    assert "x one device" in printed and "failed" not in printed
+
+
+@pytest.mark.parametrize("setting", ["0", "three", "2-machines"])
+def test_the_replica_sweep_refuses_a_setting_it_cannot_measure(setting, capsys):
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--replicas", "1", setting])
+    assert stop.value.code == 2
+    assert f"--replicas {setting}: expected a number of replicas" in capsys.readouterr().err
+
+
 def test_a_folder_too_small_for_two_batches_is_refused(shapes_folder):
     with pytest.raises(ValueError, match="108 training images, fewer than two batches of 128"):
         benchmark.measure_size("cvae_embedding", 32, "float32", steps=5, repeats=1,
