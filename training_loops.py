@@ -1,12 +1,13 @@
 """The shared lesson: how a variational autoencoder is trained.
 
 Read it top to bottom: 1. `Sampling`, the reparameterization trick; 2. the
-two loss terms; 3. the `VAE` class, whose `train_step` forms the loss and
+two loss terms, and a replica's share of them when several devices train
+together (--distribute); 3. the `VAE` class, whose `train_step` forms the loss and
 takes a gradient step; 4. the learning-rate schedule and KL annealing;
 5. `train`: compile, `fit`, save; 6. `conv_filters` for larger images.
 The chapters build their own encoder and decoder and hand them to `VAE`.
 What no chapter teaches (MNIST, flags, run folders, backups, fast
-prediction) lives in the `support` package, which a reader may skip.
+prediction, making the devices' strategy) lives in the `support` package, which a reader may skip.
 """
 
 import sys
