@@ -34,6 +34,7 @@ from support.errors import run_main
 from support.evaluation import conditional_accuracy, embedding_matches_digit_likeness, write_metrics
 from support.image_data import IMAGE_SHAPE, NUM_CLASSES, load_images, make_dataset
 from support.numerics import precision
+from support.progress import samples_by_class
 from support.run_folder import load_class_names, load_trained_model, save_class_names, start_run
 from training_loops import VAE, conv_filters, feature_map_size, train
 from visualization_utils import (
@@ -245,7 +246,8 @@ def main(argv=None):
         with run.strategy.scope():  # one device, or several with --distribute
             with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
                 vae = build_vae(config, test_images.shape[1:], num_classes)
-            train(vae, train_data, test_data, config)
+            # After each epoch, TensorBoard shows the digits drawn from fixed z.
+            train(vae, train_data, test_data, config, samples_by_class(digit_decoder, num_classes))
         run.lap("training")
         test_z_mean = digit_encoder(vae)(test_images, test_digits)
         # Does the decoder draw the digit it is given? A classifier judges.

@@ -41,6 +41,7 @@ from support.evaluation import (image_quality, restoration_metrics, scored_test_
 from support.image_data import (IMAGE_SHAPE, ImageFiles, load_images, make_dataset,
                                 test_images_of_run)
 from support.numerics import precision
+from support.progress import restorations
 from support.run_folder import load_run_config, load_trained_model, start_run
 from training_loops import VAE, conv_filters, feature_map_size, train
 from visualization_utils import (
@@ -315,7 +316,8 @@ def main(argv=None):
         with run.strategy.scope():  # one device, or several with --distribute
             with precision(mixed=config.mixed_precision):  # float32 or mixed_bfloat16
                 vae = build_vae(config, test_set[0].shape[1:])
-            train(vae, train_data, test_data, config)
+            # After each epoch, TensorBoard shows fixed test digits restored.
+            train(vae, train_data, test_data, config, restorations(restore, *test_pairs))
         run.lap("training")
         scored_damaged, scored_clean = scored_test_images(*test_pairs, config)
         restored = restore(vae, scored_damaged)

@@ -325,10 +325,12 @@ class KLAnnealing(keras.callbacks.Callback):
 # ## 5. Training: compile, fit, save
 
 
-def train(vae, train_data, test_data, config, callbacks=()):
+def train(vae, train_data, test_data, config, picture=None, callbacks=()):
     """Trains `vae` with Adam and `fit` as the chapter's `config` says, then
-    saves it as <output_dir>/<name>.keras. `callbacks` run after the run's
-    own (a benchmark's timer). Returns `fit`'s History."""
+    saves it as <output_dir>/<name>.keras. `picture(vae)`, an image of what
+    the model does, is logged after every epoch, to watch it learn.
+    `callbacks` run after the run's own (a benchmark's timer). Returns
+    `fit`'s History."""
     steps_per_epoch = int(train_data.cardinality())
     total_steps = config.epochs * steps_per_epoch
     # The reference's optimizer: Adam at Keras' default rate, 1e-3.
@@ -339,9 +341,10 @@ def train(vae, train_data, test_data, config, callbacks=()):
         annealing = [KLAnnealing(lambda step: kl_weight_at(
             step, vae.beta, total_steps, config.kl_warmup_epochs * steps_per_epoch,
             config.kl_cycles))]
-    # The run's bookkeeping (history.csv, the backup that --resume continues
-    # from, a stop on NaN, a shuffle fixed by the epoch), from support/.
-    bookkeeping, finished_epochs = training_callbacks(config.output_dir, config.resume)
+    # The run's bookkeeping (history.csv, TensorBoard logs, the backup that
+    # --resume continues from, a stop on NaN, a shuffle fixed by the epoch),
+    # from support/.
+    bookkeeping, finished_epochs = training_callbacks(config, picture)
     history = vae.fit(
         train_data, validation_data=test_data, epochs=config.epochs,
         initial_epoch=finished_epochs,  # 0, or where an interrupted run stopped

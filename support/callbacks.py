@@ -18,17 +18,20 @@ import tensorflow as tf
 from support.distribution import from_chief, several_workers
 from support.errors import RunError, TrainingDiverged, first_line
 from support.image_data import ShuffleByEpoch
+from support.progress import TensorBoardLogs
 from support.run_folder import (BACKUP_METADATA, BACKUP_RANDOM_STATE, BACKUP_WEIGHTS,
                                 backed_up_epochs, backup_siblings, check_space_to_save,
                                 prepare_output_dir, recover_backup)
 
 
-def training_callbacks(output_dir, resume):
+def training_callbacks(config, picture=None):
     """The run's bookkeeping during `fit`, as Keras callbacks, and the epoch
     `fit` starts from: 0, or the epochs an interrupted run backed up.
 
     TerminateOnNaN stops a run whose loss diverged; CSVLogger writes one row
-    of history.csv per finished epoch; `AllOrNothingBackup` saves the
+    of history.csv per finished epoch; `TensorBoardLogs` (unless
+    --no-tensorboard) logs the epoch's numbers and `picture(model)` for
+    TensorBoard, and training_progress.gif at the end; `AllOrNothingBackup` saves the
     weights, the optimizer state and the sampler's random state at the end
     of each epoch (and restores them when a --resume starts); ShuffleByEpoch
     makes each epoch's order depend on the epoch's number alone, so a
@@ -37,13 +40,16 @@ def training_callbacks(output_dir, resume):
     still resumes without training again; the run removes it once every
     output is written.
     """
-    history_path, backup_dir = prepare_output_dir(output_dir, resume)
+    history_path, backup_dir = prepare_output_dir(config.output_dir, config.resume)
     backup = AllOrNothingBackup(backup_dir)
+    logs = ([TensorBoardLogs(config.output_dir, picture, backup.finished_epochs)]
+            if config.tensorboard else [])
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        # CSVLogger comes before the backup: if a run stops between the two,
-        # the row of an epoch that was not backed up is dropped on resume.
+        # The history and the logs come before the backup: if a run stops in
+        # between, what it wrote of an epoch not backed up is dropped on resume.
         keras.callbacks.CSVLogger(history_path, append=True),
+        *logs,
         backup,
         ShuffleByEpoch(),
     ]

@@ -55,6 +55,8 @@ RUN_OPTIONS = {
     "RESTORATION_IMAGES": (None, "test images (a seeded choice) restored and scored by PSNR "
                            "and SSIM"),
     # Figures and files
+    "TENSORBOARD": (True, "log each epoch's losses and samples for TensorBoard in "
+                    "<output-dir>/logs, and training_progress.gif"),
     "EXAMPLES_SHOWN": (12, "test images drawn in the reconstructions or restorations figure"),
     "OUTPUT_DIR": (None, "where files go (default: outputs/<chapter> beside the chapter)"),
 }

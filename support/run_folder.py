@@ -51,7 +51,12 @@ from support.image_data import folder_fingerprint
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
                      "examples_shown", "iwae_samples", "iwae_images", "restoration_images",
                      "stream_from_disk", "distribute", "replicas",
-                     "worker_timeout"}
+                     "worker_timeout", "tensorboard"}
+
+# The folder of a run's TensorBoard logs (see support/progress.py), one
+# subfolder per TensorBoard run, each holding event files only.
+LOG_DIR = "logs"
+LOG_RUNS = ("train", "test")
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"
@@ -191,11 +196,23 @@ def _refuse_foreign_files(output_dir):
         if folder.name in owned and folder.is_dir() and folder.name.startswith("backup"):
             foreign += sorted(f"{folder.name}/{path.name}" for path in folder.iterdir()
                               if path.name not in BACKUP_FILES)
+    if LOG_DIR in owned and (output_dir / LOG_DIR).is_dir():
+        foreign += sorted(str(path.relative_to(output_dir))
+                          for path in (output_dir / LOG_DIR).rglob("*")
+                          if not _is_log_entry(path.relative_to(output_dir / LOG_DIR)))
     if not foreign:
         return
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
     raise RunError(f"{output_dir} holds files that no run of this project wrote "
                    f"({shown}): give --output-dir an empty or new folder")
+
+
+def _is_log_entry(relative):
+    """Whether a path inside logs/ is one a run writes: a run's folder, or an
+    event file in one."""
+    parts = relative.parts
+    return parts[0] in LOG_RUNS and (len(parts) == 1 or (
+        len(parts) == 2 and parts[1].startswith("events.out.tfevents.")))
 
 
 def _refuse_replacing(output_dir):
@@ -331,7 +348,7 @@ def prepare_output_dir(output_dir, resume):
     """
     output_dir = Path(output_dir)
     history_path, backup_dir = output_dir / "history.csv", output_dir / "backup"
-    _claim_names(output_dir, [history_path.name, backup_dir.name])
+    _claim_names(output_dir, [history_path.name, backup_dir.name, LOG_DIR])
     if resume:
         finished = backed_up_epochs(backup_dir)
         print(f"Resuming after epoch {finished}." if finished
