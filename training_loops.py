@@ -313,7 +313,9 @@ class KLAnnealing(keras.callbacks.Callback):
         self.weight_at, self.weights_this_epoch = weight_at, []
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())  # Adam's steps so far
+        # Adam's steps so far (.numpy(): a variable mirrored on every device
+        # under --distribute has no int()).
+        step = int(self.model.optimizer.iterations.numpy())
         self.weights_this_epoch.append(self.weight_at(step))
         self.model.kl_weight.assign(self.weights_this_epoch[-1])
 

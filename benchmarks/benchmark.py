@@ -503,7 +503,7 @@ def replica_sweep(models, settings, steps, repeats, batch_size, test_images):
 def _replica_setting_in_children(name, setting, flags):
     """The row of the process that measured (the chief, for two workers)."""
     workers = 2 if setting == WORKERS_ON_LOCALHOST else 1
-    ports = _free_ports(workers)
+    ports = free_ports(workers)
     with tempfile.TemporaryDirectory() as scratch:
         children = []
         for index in range(workers):
@@ -512,19 +512,22 @@ def _replica_setting_in_children(name, setting, flags):
                 env["TF_CONFIG"] = json.dumps({
                     "cluster": {"worker": [f"localhost:{port}" for port in ports]},
                     "task": {"type": "worker", "index": index}})
-            children.append(subprocess.Popen(
-                [sys.executable, __file__, "--one-replica-setting", name, setting, *flags,
-                 "--output", f"{scratch}/row{index}.json"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            with open(f"{scratch}/errors{index}.txt", "w") as errors:  # read if it fails
+                children.append(subprocess.Popen(
+                    [sys.executable, __file__, "--one-replica-setting", name, setting, *flags,
+                     "--output", f"{scratch}/row{index}.json"],
+                    env=env, stdout=subprocess.DEVNULL, stderr=errors))
         for child in children:
-            child.stderr_text = child.communicate()[1]
-        if children[0].returncode == 0:
+            child.wait()
+        chief = SimpleNamespace(returncode=children[0].returncode,
+                                stderr=Path(f"{scratch}/errors0.txt").read_text())
+        if chief.returncode == 0:
             return json.loads(Path(f"{scratch}/row0.json").read_text())
-        return {"model": name, "setting": setting, "failed": _why_it_failed(SimpleNamespace(
-            returncode=children[0].returncode, stderr=children[0].stderr_text))}
+        return {"model": name, "setting": setting, "failed": _why_it_failed(chief)}
 
 
-def _free_ports(count):
+def free_ports(count):
+    """`count` TCP ports of localhost that are free now."""
     sockets = [socket.socket() for _ in range(count)]
     for each in sockets:
         each.bind(("localhost", 0))
@@ -630,6 +633,10 @@ def main(argv=None):
         if not (setting == WORKERS_ON_LOCALHOST or setting.isdigit() and int(setting) > 0):
             parser.error(f"--replicas {setting}: expected a number of replicas (1, 2, ...) or "
                          f"{WORKERS_ON_LOCALHOST}")
+    if (args.replicas or args.one_replica_setting) and (
+            sweep or args.folder or args.jit_compile or args.precisions != list(PRECISIONS)):
+        parser.error("--replicas measures float32 on MNIST: it takes none of --image-sizes, "
+                     "--folder, --jit-compile and --precisions")
     if args.one_replica_setting:
         results = measure_replicas(*args.one_replica_setting, steps, repeats, args.batch_size,
                                    test_images)

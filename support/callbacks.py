@@ -98,18 +98,21 @@ class AllOrNothingBackup(keras.callbacks.Callback):
         # The optimizer's variables must exist for its state to load.
         if not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        if backed_up_epochs(self.backup_dir):  # every run's, but another worker's
+        strategy = self.model.distribute_strategy
+        if backed_up_epochs(self.backup_dir):  # in a run's folder: the chief's
             self.restore_backup()
-        elif several_workers():
-            # Another worker, whose temporary folder holds no backup. Keras
-            # makes a few variables the first time it loads or saves weights,
-            # and under MultiWorkerMirroredStrategy every worker must make
-            # the same variables in the same order: this worker saves its
-            # state where the chief loaded one.
+        elif several_workers(strategy):
+            # Another worker, whose temporary folder holds no backup. The
+            # first time Keras loads or saves weights, it makes a reference
+            # optimizer, with two variables (`iteration`, `learning_rate`);
+            # under MultiWorkerMirroredStrategy every worker must make the
+            # same variables in the same order. So this worker saves where
+            # the chief loads.
             self.save_backup(self.finished_epochs)
-        if several_workers():  # every worker takes the chief's restored state
+        if several_workers(strategy):  # every worker takes the chief's restored state
             state = _restored_state(self.model)
-            for variable, value in zip(state, from_chief([variable.value for variable in state])):
+            values = from_chief([variable.value for variable in state], strategy)
+            for variable, value in zip(state, values):
                 variable.assign(value)
 
     def restore_backup(self):

@@ -22,6 +22,7 @@ starts from the chief's backup (`from_chief`), so only the chief's folder
 needs to survive.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -115,8 +116,11 @@ def _multi_worker_strategy(cluster, timeout_seconds):
               for other_kind, listed in addresses.items()
               for other_index, address in enumerate(listed)
               if (other_kind, other_index) != (kind, index)]
+    # A session of its own: Ctrl-C, which this process cannot hear while it
+    # waits, must not end the watchdog either.
     watchdog = subprocess.Popen([sys.executable, str(Path(__file__).with_name("watchdog.py")),
-                                 str(os.getpid()), str(timeout_seconds), *others])
+                                 str(os.getpid()), str(timeout_seconds), *others],
+                                start_new_session=True)
     try:
         # A step waits at most this long for a worker that stopped answering.
         options = tf.distribute.experimental.CommunicationOptions(
@@ -156,6 +160,22 @@ def is_chief(strategy):
         "chief" not in resolver.cluster_spec().as_dict())
 
 
+def check_same_settings(config, strategy, ignored):
+    """Under multi-worker, a RunError on a worker whose settings (less the
+    `ignored` ones) are not the chief's: the workers would train different
+    models, and fail in a collective operation without saying why."""
+    if not several_workers(strategy):
+        return
+    settings = json.dumps({name: value for name, value in vars(config).items()
+                           if name not in ignored}, sort_keys=True, default=str)
+    # A digest of 56 bits: an int64, which the workers can add up.
+    digest = int.from_bytes(hashlib.sha256(settings.encode()).digest()[:7], "big")
+    chiefs = int(from_chief([tf.constant(digest, tf.int64)], strategy)[0])
+    if chiefs != digest:
+        raise RunError("this worker's settings are not the chief's: start the same command, "
+                       "with the same flags, on every worker")
+
+
 def several_workers(strategy=None):
     """Whether the run is spread over several processes (multi-worker)."""
     strategy = strategy or tf.distribute.get_strategy()
@@ -183,13 +203,14 @@ def from_chief(values, strategy=None):
 
 
 def _check_batch_splits(batch_size, replicas):
-    """Every replica takes an equal part of each batch, or the run is refused:
-    unequal parts would train the same, but cost the time of the largest."""
+    """The global batch splits evenly over the replicas, or the run is
+    refused, so that every replica does the same work on every full batch
+    (the last, shorter batch of an epoch splits as evenly as it can)."""
     if batch_size % replicas:
         below = batch_size - batch_size % replicas
+        multiples = f"{below} or {below + replicas}" if below else f"{replicas}"
         raise RunError(f"--batch-size {batch_size} does not split evenly over {replicas} "
-                       f"replicas: use a multiple of {replicas}, such as {below or replicas} "
-                       f"or {below + replicas}")
+                       f"replicas: use a multiple of {replicas}, such as {multiples}")
 
 
 def _replica_context():
@@ -203,13 +224,24 @@ def _replica_context():
 
 def replica_rows(rows):
     """(first row, rows of the whole batch) for the replica that holds `rows`
-    consecutive rows of the batch. tf.distribute splits each batch in order:
-    replica 0 takes the first rows, replica 1 the next, and so on."""
+    consecutive rows of the batch.
+
+    tf.distribute cuts each batch into one part per replica, in order. On one
+    machine replica k takes part k. Over W workers of R replicas each, the
+    sharding by data gives worker w the parts w, w + W, w + 2W, ..., so its
+    local replica r (replica w * R + r) takes part w + r * W.
+    """
     context = _replica_context()
     if context is None:
         return 0, rows
+    replicas = context.num_replicas_in_sync
+    per_worker = len(tf.distribute.get_strategy().extended.worker_devices)
+    workers = replicas // per_worker
+    replica = tf.range(replicas)
+    part = replica // per_worker + replica % per_worker * workers  # what each one holds
     rows_of_each = context.all_gather(tf.reshape(tf.cast(rows, tf.int32), [1]), axis=0)
-    first_row = tf.reduce_sum(rows_of_each[:context.replica_id_in_sync_group])
+    earlier = part < part[context.replica_id_in_sync_group]
+    first_row = tf.reduce_sum(tf.where(earlier, rows_of_each, 0))
     return first_row, tf.reduce_sum(rows_of_each)
 
 

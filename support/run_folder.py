@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support.distribution import is_chief, make_strategy
+from support.distribution import check_same_settings, is_chief, make_strategy, several_workers
 from support.numerics import make_reproducible
 from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted, first_line
 from support.image_data import folder_fingerprint
@@ -83,6 +83,8 @@ def start_run(config):
     every output is written. On Ctrl-C: says what --resume will continue.
     """
     strategy = make_strategy(config)  # first: before TensorFlow touches a device
+    # Machines may hold their data in other folders; the rest must match.
+    check_same_settings(config, strategy, ignored=RUN_ONLY_SETTINGS | {"data_dir"})
     with _folder_of_this_worker(config, strategy):
         yield from _run_in_folder(config, strategy)
 
@@ -110,7 +112,9 @@ def _run_in_folder(config, strategy):
                 raise
             raise DiskFull(f"the disk holding {output_dir} is full. {DISK_FULL_ADVICE}") from None
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError):
-            raise RunError(_worker_lost_message(output_dir)) from None
+            if not several_workers(strategy):
+                raise
+            raise RunError(_worker_lost_message(output_dir, run.chief)) from None
         except tf.errors.NotFoundError as error:  # an image of a streamed folder went missing
             missing = re.search(r"(\S+); No such file or directory", error.message)
             what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)
@@ -299,8 +303,14 @@ def _interrupted_message(output_dir):
             "command with --resume to continue.")
 
 
-def _worker_lost_message(output_dir):
-    """A multi-worker run that lost a worker (it stopped, or stopped answering)."""
+def _worker_lost_message(output_dir, chief):
+    """A multi-worker run that lost a worker: it stopped, failed, or stopped
+    answering. Another worker knows only that; the chief knows the backup."""
+    if not chief:
+        return ("lost contact with the chief or another worker of the cluster (it stopped, "
+                "failed, or did not answer within --worker-timeout): the chief's output says "
+                "why. Once every worker can run again, start the same command on each with "
+                "--resume")
     finished = backed_up_epochs(output_dir / "backup")
     _drop_empty_history(output_dir / "history.csv")
     backed_up = (f"{_finished_epochs_text(finished)} {'is' if finished == 1 else 'are'} "

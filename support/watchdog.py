@@ -29,6 +29,8 @@ def answers(address):
 
 def main(pid, seconds, *workers):
     time.sleep(float(seconds))
+    if os.getppid() != int(pid):  # the process it watched has ended
+        return
     silent = [worker for worker in workers if not answers(worker.rpartition(" at ")[2])]
     print(f"error: --distribute multi-worker: the cluster did not assemble within {seconds} s "
           f"(--worker-timeout); no answer from "

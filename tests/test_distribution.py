@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,12 @@ from support.run_folder import BACKUP_METADATA
 from training_loops import replica_share
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import benchmark  # noqa: E402
+
+# The children train on the CPU, split into replicas, on any machine: a GPU
+# would be taken as the replicas' devices.
+ON_THE_CPU = {"CUDA_VISIBLE_DEVICES": ""}
 SLICE = ["--train-samples", "251", "--test-samples", "128", "--batch-size", "64",
          "--epochs", "2"]  # 4 steps an epoch, the last of 59 images: 30 and 29 on 2 replicas
 
@@ -62,6 +67,8 @@ def test_more_replicas_than_gpus_is_refused(monkeypatch):
 def test_the_cpu_cannot_be_split_once_tensorflow_has_started(monkeypatch):
     tf.constant(1.0)  # TensorFlow's devices are fixed from here on
     monkeypatch.setattr(distribution.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(distribution.tf.config, "list_physical_devices",
+                        lambda kind: [] if kind == "GPU" else tf.config.list_physical_devices(kind))
     with pytest.raises(RunError, match="only before TensorFlow starts"):
         distribution.make_strategy(settings(replicas=4))
 
@@ -94,8 +101,8 @@ def test_a_missing_or_unreadable_tf_config_is_refused_in_one_line(tf_config, mes
 def histories_on_one_device_and_on_replicas(chapter, *flags):
     """Both histories of tests/train_on_replicas.py, run in a fresh process."""
     child = subprocess.run([sys.executable, str(REPO / "tests" / "train_on_replicas.py"),
-                            chapter, "2", *SLICE, *flags],
-                           capture_output=True, text=True, cwd=REPO, timeout=300)
+                            chapter, "2", *SLICE, *flags], capture_output=True, text=True,
+                           cwd=REPO, env={**os.environ, **ON_THE_CPU}, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     histories = json.loads(child.stdout.strip().splitlines()[-1])
     return histories["one_device"], histories["replicas"]
@@ -133,11 +140,23 @@ def test_two_replicas_train_as_one_device_at_the_same_global_batch(chapter, flag
 # ## Whole runs (slow): the chapter's command, on replicas and on two workers
 
 
-def run_chapter(output_dir, *flags, env=None, **popen):
-    return subprocess.Popen([sys.executable, "cvae_onehot.py", "--output-dir", str(output_dir),
-                             "--iwae-images", "8", *SLICE[:4], "--epochs", "3", *flags],
-                            cwd=REPO, env={**os.environ, **(env or {})}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+STARTED = []  # the chapters' processes, killed at the end of each test
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
+def run_chapter(output_dir, *flags, env=None):
+    STARTED.append(subprocess.Popen(
+        [sys.executable, "cvae_onehot.py", "--output-dir", str(output_dir), "--iwae-images", "8",
+         *SLICE[:4], "--epochs", "3", *flags], cwd=REPO,
+        env={**os.environ, **ON_THE_CPU, **(env or {})}, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE))
+    return STARTED[-1]
 
 
 def finished(process, timeout=600):
@@ -199,20 +218,10 @@ def test_a_run_on_two_replicas_resumed_on_one_finishes_as_one_device(tmp_path, o
     assert (output_dir / "metrics.json").exists()
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for each in sockets:
-        each.bind(("localhost", 0))
-    ports = [each.getsockname()[1] for each in sockets]
-    for each in sockets:
-        each.close()
-    return ports
-
-
 def start_workers(output_dir, *flags, ports=None, indices=(0, 1)):
     """The same command on the workers `indices` of a cluster of two on
     localhost: worker 0 (the chief) writes in `output_dir`."""
-    ports = ports or free_ports(2)
+    ports = ports or benchmark.free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     return [run_chapter(output_dir, "--distribute", "multi-worker", *flags,
                         env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {
@@ -256,7 +265,7 @@ def test_a_worker_killed_mid_epoch_then_both_resumed_finish_the_run(tmp_path, on
 
 @pytest.mark.slow
 def test_a_worker_that_never_comes_is_named_in_one_line(tmp_path):
-    ports = free_ports(2)
+    ports = benchmark.free_ports(2)
     [chief] = start_workers(tmp_path / "run", "--worker-timeout", "3", ports=ports, indices=[0])
     code, _, stderr = finished(chief, timeout=120)
     assert code == -signal.SIGKILL
@@ -265,3 +274,18 @@ def test_a_worker_that_never_comes_is_named_in_one_line(tmp_path):
         f"(--worker-timeout); no answer from worker 1 at localhost:{ports[1]}. Start the same "
         "command on every machine of TF_CONFIG's cluster.")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_worker_started_with_other_settings_says_so(tmp_path):
+    ports = benchmark.free_ports(2)
+    [chief] = start_workers(tmp_path / "run", "--worker-timeout", "20", ports=ports, indices=[0])
+    [other] = start_workers(tmp_path / "run", "--worker-timeout", "20", "--latent-dim", "3",
+                            ports=ports, indices=[1])
+    code, _, stderr = finished(other, timeout=120)
+    assert code == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "error: this worker's settings are not the chief's: start the same command, with the "
+        "same flags, on every worker")
+    code, _, stderr = finished(chief, timeout=120)
+    assert code == 1 and "lost contact with another worker" in stderr.splitlines()[-1]

@@ -17,7 +17,7 @@ def help_flags(chapter, capsys):
     with pytest.raises(SystemExit):
         chapter.parse_settings(["--help"])
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out))
-    return flags - {"--help", "--no-stream-from-disk", "--no-mixed-precision"}
+    return flags - {"--help", "--no-stream-from-disk", "--no-mixed-precision", "--no-tensorboard"}
 
 
 def page_rows(chapter):
