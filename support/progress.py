@@ -126,7 +126,8 @@ def logged_pictures(output_dir):
     """{epoch: picture as uint8 (h, w, c)} read back from the training events."""
     pictures = {}
     for path in event_files(output_dir):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.tag == SAMPLES_TAG:  # width, height, then the PNG
                     pictures[event.step] = tf.io.decode_png(value.tensor.string_val[2]).numpy()

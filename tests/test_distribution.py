@@ -25,8 +25,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import benchmark  # noqa: E402
 
 # The children train on the CPU, split into replicas, on any machine: a GPU
-# would be taken as the replicas' devices.
-ON_THE_CPU = {"CUDA_VISIBLE_DEVICES": ""}
+# would be taken as the replicas' devices. Their TensorFlow log level is
+# their own (a chapter sets it, unless the user did; importing the
+# benchmark here set it in this process).
+def child_env(**more):
+    return {**{name: value for name, value in os.environ.items()
+               if name != "TF_CPP_MIN_LOG_LEVEL"}, "CUDA_VISIBLE_DEVICES": "", **more}
 SLICE = ["--train-samples", "251", "--test-samples", "128", "--batch-size", "64",
          "--epochs", "2"]  # 4 steps an epoch, the last of 59 images: 30 and 29 on 2 replicas
 
@@ -44,6 +48,13 @@ def settings(**changes):
                               "worker_timeout": 5, **changes})
 
 
+def without_gpus(monkeypatch):
+    """The machine as this one is, also where a GPU is: its CPU only."""
+    devices_of_kind = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [] if kind == "GPU" else devices_of_kind(kind))
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"distribute": "off", "replicas": 2}, "--replicas 2 needs --distribute mirrored"),
     ({"replicas": 3}, "--replicas 3: this machine has no GPU and 2 CPU cores, so at most 2"),
@@ -51,8 +62,7 @@ def settings(**changes):
 ])
 def test_a_replica_count_the_machine_cannot_give_is_refused(changes, message, monkeypatch):
     monkeypatch.setattr(distribution.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(distribution.tf.config, "list_physical_devices",
-                        lambda kind: [] if kind == "GPU" else tf.config.list_physical_devices(kind))
+    without_gpus(monkeypatch)
     with pytest.raises(RunError, match="^" + message):
         distribution.make_strategy(settings(**changes))
 
@@ -67,8 +77,7 @@ def test_more_replicas_than_gpus_is_refused(monkeypatch):
 def test_the_cpu_cannot_be_split_once_tensorflow_has_started(monkeypatch):
     tf.constant(1.0)  # TensorFlow's devices are fixed from here on
     monkeypatch.setattr(distribution.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(distribution.tf.config, "list_physical_devices",
-                        lambda kind: [] if kind == "GPU" else tf.config.list_physical_devices(kind))
+    without_gpus(monkeypatch)
     with pytest.raises(RunError, match="only before TensorFlow starts"):
         distribution.make_strategy(settings(replicas=4))
 
@@ -102,7 +111,7 @@ def histories_on_one_device_and_on_replicas(chapter, *flags):
     """Both histories of tests/train_on_replicas.py, run in a fresh process."""
     child = subprocess.run([sys.executable, str(REPO / "tests" / "train_on_replicas.py"),
                             chapter, "2", *SLICE, *flags], capture_output=True, text=True,
-                           cwd=REPO, env={**os.environ, **ON_THE_CPU}, timeout=300)
+                           cwd=REPO, env=child_env(), timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     histories = json.loads(child.stdout.strip().splitlines()[-1])
     return histories["one_device"], histories["replicas"]
@@ -154,7 +163,7 @@ def run_chapter(output_dir, *flags, env=None):
     STARTED.append(subprocess.Popen(
         [sys.executable, "cvae_onehot.py", "--output-dir", str(output_dir), "--iwae-images", "8",
          *SLICE[:4], "--epochs", "3", *flags], cwd=REPO,
-        env={**os.environ, **ON_THE_CPU, **(env or {})}, text=True, stdout=subprocess.PIPE,
+        env=child_env(**(env or {})), text=True, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE))
     return STARTED[-1]
 
