@@ -95,8 +95,9 @@ CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
 
 
 def settings(chapter, *flags):
-    """The chapter's default settings at seed 0, changed by `flags`."""
-    return chapter.parse_settings(["--seed", "0", *flags])
+    """The chapter's default settings at seed 0, without TensorBoard logs
+    (the step is measured, not the run's bookkeeping), changed by `flags`."""
+    return chapter.parse_settings(["--seed", "0", "--no-tensorboard", *flags])
 
 
 def build(chapter, image_shape, classes=NUM_CLASSES):

@@ -112,7 +112,7 @@ def measure_training(chapter_name, chapter_flags=(), after=None):
     """Trains `chapter_name` as `python <chapter>.py <chapter_flags>` would and
     returns one row per epoch in `after` (default: every epoch)."""
     chapter = CHAPTERS[chapter_name]
-    config = chapter.parse_settings(list(chapter_flags))
+    config = chapter.parse_settings(["--no-tensorboard", *chapter_flags])  # measured, not logged
     after = sorted(set(after or range(1, config.epochs + 1)))
     if after[0] < 1 or after[-1] > config.epochs:
         raise SystemExit(f"how_much_training.py: error: --after takes epochs from 1 to "

@@ -18,7 +18,6 @@ of the epochs after the backup it continues from, so the curves hold every
 epoch once. --no-tensorboard writes nothing and costs nothing.
 """
 
-import re
 from pathlib import Path
 
 import keras
@@ -26,11 +25,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from support.run_folder import LOG_DIR, atomic_path
+from support.run_folder import LOG_DIR, LOG_FILE, atomic_path
 
 SAMPLES_TAG = "samples"
-EPOCH_IN_NAME = re.compile(r"\.epoch(\d+)\.v2$")  # the end of an event file's name
 GIF_NAME = "training_progress.gif"
+GIF_FRAMES = 30  # at most: a longer run shows every few epochs, and its last
 
 
 def samples_by_class(make_decode, num_classes, columns=8, seed=0):
@@ -64,7 +63,9 @@ class TensorBoardLogs(keras.callbacks.Callback):
     """After each epoch: its scalars and `picture(model)` in
     <output_dir>/logs/train and logs/test (TensorBoard draws the two runs'
     curves together); when training ends, training_progress.gif. The x-axis
-    counts finished epochs."""
+    counts finished epochs. The losses are the epoch's means, as in
+    history.csv; so is the KL weight while annealing moves it; the learning
+    rate is the one the next step takes."""
 
     def __init__(self, output_dir, picture, finished_epochs):
         super().__init__()
@@ -95,9 +96,9 @@ class TensorBoardLogs(keras.callbacks.Callback):
             writer.close()
 
     def on_train_end(self, logs=None):
-        frames = logged_pictures(self.output_dir)
-        if frames:
-            save_progress_gif(frames, self.output_dir / GIF_NAME)
+        pictures = logged_pictures(self.output_dir)
+        if pictures:
+            save_progress_gif(every_few(pictures, GIF_FRAMES), self.output_dir / GIF_NAME)
 
     def _writer(self, run, step):
         """A writer of a new file for this epoch's events of `run`."""
@@ -113,13 +114,14 @@ def ink_on_paper(picture):
 
 
 def event_files(output_dir):
-    return sorted((Path(output_dir) / LOG_DIR).glob("*/events.out.tfevents.*"))
+    """The run's event files (a run folder holds no other: see run_folder)."""
+    return sorted(path for path in (Path(output_dir) / LOG_DIR).glob("*/*")
+                  if LOG_FILE.match(path.name))
 
 
 def epoch_of(path):
-    """The epoch an event file holds, from its name (0 if it has none)."""
-    match = EPOCH_IN_NAME.search(path.name)
-    return int(match.group(1)) if match else 0
+    """The epoch an event file holds, from its name."""
+    return int(LOG_FILE.match(path.name).group(1))
 
 
 def logged_pictures(output_dir):
@@ -132,6 +134,15 @@ def logged_pictures(output_dir):
                 if value.tag == SAMPLES_TAG:  # width, height, then the PNG
                     pictures[event.step] = tf.io.decode_png(value.tensor.string_val[2]).numpy()
     return dict(sorted(pictures.items()))
+
+
+def every_few(pictures, most):
+    """At most `most` of the pictures, evenly spread, the last among them."""
+    epochs = list(pictures)
+    frames = min(most, len(epochs))
+    kept = {epochs[round(index * (len(epochs) - 1) / max(1, frames - 1))]
+            for index in range(frames)}
+    return {epoch: pictures[epoch] for epoch in epochs if epoch in kept}
 
 
 def save_progress_gif(pictures, path, colors=64, frame_ms=500, last_frame_ms=2500):

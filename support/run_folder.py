@@ -51,12 +51,13 @@ from support.image_data import folder_fingerprint
 RUN_ONLY_SETTINGS = {"epochs", "output_dir", "resume", "overwrite", "explore",
                      "examples_shown", "iwae_samples", "iwae_images", "restoration_images",
                      "stream_from_disk", "distribute", "replicas",
-                     "worker_timeout", "tensorboard"}
+                     "worker_timeout"}
 
 # The folder of a run's TensorBoard logs (see support/progress.py), one
 # subfolder per TensorBoard run, each holding event files only.
 LOG_DIR = "logs"
 LOG_RUNS = ("train", "test")
+LOG_FILE = re.compile(r"^events\.out\.tfevents\..*\.epoch(\d+)\.v2$")  # the epoch it holds
 
 # In each run folder: the names of the files its run wrote, and the lock.
 RUN_FILES = ".run-files.json"
@@ -216,7 +217,7 @@ def _is_log_entry(relative):
     event file in one."""
     parts = relative.parts
     return parts[0] in LOG_RUNS and (len(parts) == 1 or (
-        len(parts) == 2 and parts[1].startswith("events.out.tfevents.")))
+        len(parts) == 2 and LOG_FILE.match(parts[1]) is not None))
 
 
 def _refuse_replacing(output_dir):

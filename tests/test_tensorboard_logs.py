@@ -96,12 +96,15 @@ def test_overwrite_leaves_no_earlier_events_and_no_tensorboard_writes_none(tmp_p
                                                                           small_mnist, capsys):
     run_chapter(cvae_onehot, tmp_path, "--epochs", "2")
     assert len(logged(tmp_path)["train", "loss"]) == 2
-    (tmp_path / "logs" / "train" / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit):  # a file the run did not write is never deleted
-        errors.run_main(lambda: run_chapter(cvae_onehot, tmp_path, "--epochs", "1",
-                                            "--overwrite"))
-    assert "logs/train/notes.txt" in capsys.readouterr().err
-    (tmp_path / "logs" / "train" / "notes.txt").unlink()
+    # A file the run did not write is never deleted, an event file of
+    # another program's either.
+    for name in ("notes.txt", "events.out.tfevents.1796476278.host.1.v2"):
+        (tmp_path / "logs" / "train" / name).write_text("mine")
+        with pytest.raises(SystemExit):
+            errors.run_main(lambda: run_chapter(cvae_onehot, tmp_path, "--epochs", "1",
+                                                "--overwrite"))
+        assert f"logs/train/{name}" in capsys.readouterr().err
+        (tmp_path / "logs" / "train" / name).unlink()
     run_chapter(cvae_onehot, tmp_path, "--epochs", "1", "--overwrite")
     assert {step for step in logged(tmp_path)["train", "loss"]} == {1}
     assert len(list((tmp_path / "logs").glob("*/*"))) == 2  # one file per run and epoch
@@ -138,3 +141,12 @@ def test_a_resumed_run_logs_each_epoch_once(tmp_path, small_mnist, monkeypatch):
         pytest.approx(value) for value in history["loss"]]
     with Image.open(tmp_path / "training_progress.gif") as gif:
         assert gif.n_frames == 3
+
+
+def test_a_long_run_keeps_at_most_30_frames_evenly_spread_and_its_last():
+    from support.progress import every_few
+
+    kept = list(every_few({epoch: None for epoch in range(1, 101)}, 30))
+    assert len(kept) == 30 and kept[0] == 1 and kept[-1] == 100
+    assert max(b - a for a, b in zip(kept, kept[1:])) <= 4
+    assert list(every_few({epoch: None for epoch in range(1, 11)}, 30)) == list(range(1, 11))
