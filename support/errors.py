@@ -8,9 +8,28 @@ is caught earlier, by the argument parser, with exit status 2.) Anything
 else is a bug of ours and keeps its traceback.
 """
 
+import contextlib
 import errno
+import os
 import re
 import sys
+
+
+@contextlib.contextmanager
+def library_output_silenced():
+    """Sends what C and C++ code writes to stderr (file descriptor 2, past
+    Python) to nowhere while the block runs: a library's own warnings, such
+    as libjpeg's "Improper call to JPEG library", would add lines to a
+    one-line error. Python's own errors still arrive as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as nowhere:
+            os.dup2(nowhere.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def first_line(error):

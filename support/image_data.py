@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support.errors import RunError, first_line
+from support.errors import RunError, first_line, library_output_silenced
 from support.mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
 __all__ = ["DIGIT_NAMES", "IMAGE_SHAPE", "NUM_CLASSES", "ImageFiles", "ImageFolderError",
@@ -372,7 +372,8 @@ def _load(files, data_dir):
     """All of `files` as an array, or an ImageFolderError naming the first
     image that cannot be read."""
     try:
-        return files.load()
+        with library_output_silenced():  # libjpeg's lines about a damaged JPEG
+            return files.load()
     except tf.errors.OpError:  # an image that does not decode
         _refuse_undecodable_images(files.paths, data_dir)
         raise
@@ -389,13 +390,15 @@ def _refuse_undecodable_images(paths, data_dir, images_per_batch=1024):
     # A file that does not decode is left out; the indices left say which.
     decoded_indices = decoded.map(lambda index, _: index).ignore_errors().batch(images_per_batch)
     readable = np.zeros(len(paths), bool)
-    for indices in decoded_indices.as_numpy_iterator():
-        readable[indices] = True
+    with library_output_silenced():  # libjpeg's lines about a damaged JPEG
+        for indices in decoded_indices.as_numpy_iterator():
+            readable[indices] = True
     if readable.all():
         return
     path = paths[np.flatnonzero(~readable)[0]]
     try:  # again, for TensorFlow's reason
-        tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
+        with library_output_silenced():
+            tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
         reason = "it did not decode"
     except tf.errors.OpError as error:
         reason = first_line(error)

@@ -18,11 +18,12 @@ anything else loads:
   loaded.
 """
 
-import contextlib
 import os
 import signal
 import sys
 import threading
+
+from support.errors import library_output_silenced
 
 
 # The terminal's stderr, kept while TensorFlow's is silenced.
@@ -32,18 +33,6 @@ _STDERR = os.dup(2)
 def _interrupted_while_loading(signal_number, frame):
     os.write(_STDERR, b"\nInterrupted.\n")
     sys.exit(130)
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-    """Sends what C++ code writes to stderr (file descriptor 2) to nowhere."""
-    sys.stderr.flush()
-    with open(os.devnull, "w") as nowhere:
-        os.dup2(nowhere.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(_STDERR, 2)
 
 
 def _load_quietly():
@@ -56,7 +45,7 @@ def _load_quietly():
         import keras  # noqa: F401
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the lines TensorFlow logs once loaded
-    with _stderr_silenced():  # the lines it writes while it loads, before any setting
+    with library_output_silenced():  # the lines it writes while it loads, before any setting
         import keras  # noqa: F401  (loads TensorFlow)
 
 

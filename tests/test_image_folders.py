@@ -226,6 +226,23 @@ def test_a_streamed_image_that_does_not_decode_is_named_before_training(
     assert "Checking that the 90 training images decode" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["held", "streamed"])
+def test_a_damaged_jpeg_gives_one_line_and_nothing_from_libjpeg(stream, tmp_path, shapes_folder,
+                                                                monkeypatch, capfd):
+    from PIL import Image
+
+    folder = tmp_path / "shapes"
+    shutil.copytree(shapes_folder, folder)
+    if stream:
+        monkeypatch.setattr(image_data, "_free_memory", lambda: LITTLE_MEMORY)
+    image = Path(load(folder)[0][0].paths[50] if stream else sorted(folder.rglob("*.png"))[0])
+    Image.open(image).convert("RGB").save(image, format="JPEG")  # a JPEG by its bytes
+    image.write_bytes(image.read_bytes()[:400])  # cut short: libjpeg warns, then fails
+    with pytest.raises(ImageFolderError, match=f"cannot read the image {image}.*Invalid JPEG"):
+        load(folder)
+    assert "JPEG library" not in capfd.readouterr().err
+
+
 @pytest.fixture
 def quick_classifier(tmp_path, monkeypatch):
     """The folder runs' classifier trains a few steps, into a cache of its own."""
