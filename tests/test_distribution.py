@@ -1,7 +1,6 @@
 """Training on several devices (--distribute): the same run on 1 or N
 replicas, and on 2 workers; bad settings refused in one line."""
 
-import csv
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import tensorflow as tf
 
 from support import distribution
 from support.errors import RunError
-from support.run_folder import BACKUP_METADATA
+from support.run_folder import BACKUP_METADATA, read_history
 from training_loops import replica_share
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,12 +172,6 @@ def finished(process, timeout=600):
     return process.returncode, stdout, stderr
 
 
-def history(output_dir):
-    with open(Path(output_dir) / "history.csv") as file:
-        rows = list(csv.DictReader(file))
-    return {name: [float(row[name]) for row in rows] for name in rows[0]}
-
-
 def assert_same_history(actual, expected, rtol=RELATIVE_TOLERANCE):
     assert actual.keys() == expected.keys()
     for name in expected:
@@ -190,7 +183,7 @@ def one_device_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("one_device")
     code, _, stderr = finished(run_chapter(output_dir))
     assert code == 0, stderr
-    return history(output_dir)
+    return read_history(Path(output_dir) / "history.csv")
 
 
 def backed_up(output_dir):
@@ -223,7 +216,7 @@ def test_a_run_on_two_replicas_resumed_on_one_finishes_as_one_device(tmp_path, o
     assert code == 130 and "backed up: run the same command with --resume" in stderr
     code, _, stderr = finished(run_chapter(output_dir, "--resume"))
     assert code == 0, stderr
-    assert_same_history(history(output_dir), one_device_run)
+    assert_same_history(read_history(Path(output_dir) / "history.csv"), one_device_run)
     assert (output_dir / "metrics.json").exists()
 
 
@@ -248,7 +241,7 @@ def test_two_workers_train_as_one_device_and_only_the_chief_writes(tmp_path, one
     output_dir = tmp_path / "run"
     chief, worker = [finished(process) for process in start_workers(output_dir)]
     assert chief[0] == 0 and worker[0] == 0, (chief[2][-2000:], worker[2][-2000:])
-    assert_same_history(history(output_dir), one_device_run)
+    assert_same_history(read_history(Path(output_dir) / "history.csv"), one_device_run)
     assert {"metrics.json", "cvae_onehot.keras", "history.csv"} <= {
         path.name for path in output_dir.iterdir()}
     assert not worker_folder(worker[1]).exists()  # removed at the end
@@ -269,7 +262,7 @@ def test_a_worker_killed_mid_epoch_then_both_resumed_finish_the_run(tmp_path, on
         "can run again, start the same command on each with --resume"]
     resumed = [finished(process) for process in start_workers(output_dir, "--resume")]
     assert [code for code, _, _ in resumed] == [0, 0], [err[-2000:] for _, _, err in resumed]
-    assert_same_history(history(output_dir), one_device_run)
+    assert_same_history(read_history(Path(output_dir) / "history.csv"), one_device_run)
 
 
 @pytest.mark.slow

@@ -12,19 +12,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from support import startup  # noqa: E402, F401
 
-import cvae_embedding  # noqa: E402
-import cvae_onehot  # noqa: E402
-import denoising_vae  # noqa: E402
+from benchmark import CHAPTERS  # noqa: E402
 from support.distribution import make_strategy  # noqa: E402
 from support.image_data import load_mnist_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
 from training_loops import train  # noqa: E402
-
-CHAPTERS = {"cvae_onehot": cvae_onehot, "cvae_embedding": cvae_embedding,
-            "denoising_vae": denoising_vae}
 
 
 def history(chapter, flags, output_dir):
