@@ -188,11 +188,14 @@ def file_stems(class_names, longest=80):
     """A safe file name part for each class name: letters, digits, - and _
     kept, anything else made _, and a long name cut to `longest` bytes (a
     file name may have 255 at most); the class's number added where two
-    would otherwise clash."""
+    would otherwise clash (again, until none does: "a b" and "a_b" become
+    "a_b_0" and "a_b_1", which a class named "a_b_1" would clash with)."""
     stems = [re.sub(r"[^\w-]", "_", name).encode()[:longest].decode(errors="ignore")
              for name in class_names]
-    return [f"{stem}_{index}" if stems.count(stem) > 1 else stem
-            for index, stem in enumerate(stems)]
+    while len(set(stems)) < len(stems):
+        stems = [f"{stem}_{index}" if stems.count(stem) > 1 else stem
+                 for index, stem in enumerate(stems)]
+    return stems
 
 
 def plot_latent_manifold(images, values, what, path):

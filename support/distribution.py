@@ -38,9 +38,21 @@ TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
 
+# How many replicas share each batch of this process's run, as its strategy
+# was made: the data is checked against it (`check_last_batches`).
+_replicas_of_run = 1
+
+
 def make_strategy(config):
     """The run's tf.distribute strategy, made before TensorFlow touches a
     device (the CPU can be split only then), or a RunError in one line."""
+    global _replicas_of_run
+    strategy = _make_strategy(config)
+    _replicas_of_run = strategy.num_replicas_in_sync
+    return strategy
+
+
+def _make_strategy(config):
     if config.distribute == "off":
         if config.replicas > 1:
             raise RunError(f"--replicas {config.replicas} needs --distribute mirrored")
@@ -103,7 +115,16 @@ def _cluster():
     if not 0 <= index < len(addresses.get(kind, [])):
         raise RunError(f"TF_CONFIG's task ({kind} {index}) is not in its cluster "
                        f"({json.dumps(addresses)})")
+    for address in (address for listed in addresses.values() for address in listed):
+        if not _is_host_and_port(address):
+            raise RunError(f"TF_CONFIG's cluster lists {address!r}, not a host:port address "
+                           "(a port is a number from 1 to 65535), such as 'host1:12345'")
     return addresses, kind, index
+
+
+def _is_host_and_port(address):
+    host, _, port = str(address).rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def _multi_worker_strategy(cluster, timeout_seconds):
@@ -211,6 +232,20 @@ def _check_batch_splits(batch_size, replicas):
         multiples = f"{below} or {below + replicas}" if below else f"{replicas}"
         raise RunError(f"--batch-size {batch_size} does not split evenly over {replicas} "
                        f"replicas: use a multiple of {replicas}, such as {multiples}")
+
+
+def check_last_batches(split_sizes, batch_size):
+    """Each split's last, shorter batch has an image for every replica, or
+    the run is refused: a replica handed no image fails in TensorFlow's CPU
+    convolution (oneDNN's, in TF 2.21), after a whole epoch's work.
+    `split_sizes` maps a flag that sets a split's size to that size."""
+    for flag, size in split_sizes.items():
+        left = size % batch_size
+        if 0 < left < _replicas_of_run:
+            raise RunError(
+                f"{size:,} images at --batch-size {batch_size} leave a last batch of {left}, "
+                f"too few for the {_replicas_of_run} replicas (a replica given no image "
+                f"fails): use {flag} {size - left:,}")
 
 
 def _replica_context():

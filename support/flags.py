@@ -17,6 +17,8 @@ import os
 import tokenize
 from pathlib import Path
 
+import numpy as np
+
 from support.distribution import DISTRIBUTE_CHOICES
 from training_loops import LEARNING_RATE_SCHEDULES, conv_filters
 
@@ -263,6 +265,9 @@ INTEGER_LIMITS = {
 }
 
 
+# The model computes in float32: a larger number cannot even be stored there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 # Shares of a whole, which must stay below 1.
 FRACTIONS = {"LR_WARMUP_FRACTION", "TEST_FRACTION"}
 
@@ -289,6 +294,10 @@ def _value_parser(default, allow_zero, integer_limit, limit_reason, below_one=Fa
             raise argparse.ArgumentTypeError(
                 f"expected a {lowest} {noun}, got {text!r}"
             )
+        if kind is float and value > FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(
+                f"expected a {lowest} {noun} of at most {FLOAT32_MAX:.3g} (the largest "
+                f"float32, in which the model computes), got {text!r}")
         if below_one and value >= 1:
             raise argparse.ArgumentTypeError(f"expected a share below 1, got {text!r}")
         if kind is int and value > integer_limit:

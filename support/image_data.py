@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from support.distribution import check_last_batches
 from support.errors import RunError, first_line, library_output_silenced
 from support.mnist import IMAGE_SHAPE, NUM_CLASSES, MnistError, load_mnist
 
@@ -41,12 +42,18 @@ def load_images(config, classes_needed=2):
     0, `class_names` None).
     """
     if not config.data_dir:
-        return (*load_mnist_images(config.train_samples, config.test_samples,
-                                   config.image_size, config.channels), DIGIT_NAMES)
-    return load_image_folder(Path(config.data_dir), config.image_size, config.channels,
-                             config.test_fraction, config.seed, config.train_samples,
-                             config.test_samples, classes_needed,
-                             stream=getattr(config, "stream_from_disk", False))
+        train, test = load_mnist_images(config.train_samples, config.test_samples,
+                                        config.image_size, config.channels)
+        class_names = DIGIT_NAMES
+    else:
+        train, test, class_names = load_image_folder(
+            Path(config.data_dir), config.image_size, config.channels, config.test_fraction,
+            config.seed, config.train_samples, config.test_samples, classes_needed,
+            stream=getattr(config, "stream_from_disk", False))
+    if getattr(config, "distribute", "off") != "off":  # a training run's, on replicas
+        check_last_batches({"--train-samples": len(train[0]), "--test-samples": len(test[0])},
+                           config.batch_size)
+    return train, test, class_names
 
 
 def test_images_of_run(run, image_size, channels, count):

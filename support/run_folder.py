@@ -196,15 +196,20 @@ def _refuse_foreign_files(output_dir):
     """A run never deletes a file it did not write: a folder holding one, in
     it or in a backup folder, is refused before anything is touched."""
     owned = _owned_names(output_dir)
-    foreign = sorted(path.name for path in output_dir.iterdir() if path.name not in owned)
+    # A run writes files and folders, never links: a link is the user's,
+    # and removing it could remove what it points to.
+    foreign = sorted(path.name for path in output_dir.iterdir()
+                     if path.name not in owned or path.is_symlink())
     for folder in output_dir.iterdir():
-        if folder.name in owned and folder.is_dir() and folder.name.startswith("backup"):
+        if folder.name in foreign or not folder.is_dir():
+            continue
+        if folder.name.startswith("backup"):
             foreign += sorted(f"{folder.name}/{path.name}" for path in folder.iterdir()
-                              if path.name not in BACKUP_FILES)
-    if LOG_DIR in owned and (output_dir / LOG_DIR).is_dir():
-        foreign += sorted(str(path.relative_to(output_dir))
-                          for path in (output_dir / LOG_DIR).rglob("*")
-                          if not _is_log_entry(path.relative_to(output_dir / LOG_DIR)))
+                              if path.name not in BACKUP_FILES or path.is_symlink())
+        if folder.name == LOG_DIR:
+            foreign += sorted(str(path.relative_to(output_dir)) for path in folder.rglob("*")
+                              if path.is_symlink()
+                              or not _is_log_entry(path.relative_to(folder)))
     if not foreign:
         return
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -251,8 +256,15 @@ def check_resumable(config, output_dir):
     saved_path = backup_dir / "config.json"
     if not saved_path.exists():
         return
-    saved = json.loads(saved_path.read_text())
+    saved = _backup_json(saved_path)
     current = json.loads(json.dumps(vars(config), default=str))
+    # A setting the script has and the run does not (or the reverse): the
+    # run was made by another version of the project, with another model.
+    unknown = sorted((saved.keys() ^ current.keys()) - RUN_ONLY_SETTINGS - {"data_files"})
+    if unknown and saved.get("script") == current["script"]:
+        raise RunError(f"the interrupted run in {output_dir} was made by another version of "
+                       f"this project (settings {', '.join(unknown)} are in one version "
+                       "only), which this one cannot continue: start afresh with --overwrite")
     changed = sorted(key for key in (current.keys() | saved.keys()) - RUN_ONLY_SETTINGS
                      if saved.get(key) != current.get(key))
     if "data_files" in changed and "data_dir" not in changed:
@@ -412,7 +424,26 @@ def backed_up_epochs(backup_dir):
     metadata = Path(backup_dir) / BACKUP_METADATA
     if not metadata.exists():
         return 0
-    return json.loads(metadata.read_text())["epoch"]
+    epochs = _backup_json(metadata).get("epoch")
+    if type(epochs) is not int or epochs < 0:
+        raise _damaged_backup(metadata, f"'epoch' is {epochs!r}, not a number of epochs")
+    return epochs
+
+
+def _backup_json(path):
+    """The JSON object in a backup file, or a RunError naming the file."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise _damaged_backup(path, first_line(error)) from None
+    if not isinstance(content, dict):
+        raise _damaged_backup(path, "it holds no JSON object")
+    return content
+
+
+def _damaged_backup(path, problem):
+    return RunError(f"the backup in {Path(path).parent} cannot be loaded ({Path(path).name}: "
+                    f"{problem}): start afresh with --overwrite")
 
 
 def _keep_history_rows(history_path, epochs):

@@ -40,6 +40,8 @@ def test_flags_override_the_constants_with_their_types():
     (["--latent-dim", "2.5"], "argument --latent-dim: expected a positive integer, got '2.5'"),
     (["--learning-rate", "fast"], "argument --learning-rate: expected a positive number"),
     (["--learning-rate", "nan"], "argument --learning-rate: expected a positive number"),
+    (["--beta", "1e39"], "argument --beta: expected a non-negative number of at most 3.4e+38 "
+     "(the largest float32, in which the model computes), got '1e39'"),
     (["--seed", "-1"], "argument --seed: expected a non-negative integer"),
     (["--seed", "4294967296"], "expected a non-negative integer of at most 4,294,967,295"),
     (["--epochs", "100000000000000000000"],

@@ -3,6 +3,7 @@ replicas, and on 2 workers; bad settings refused in one line."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from support import distribution
 from support.errors import RunError
+from support.image_data import load_images
 from support.run_folder import BACKUP_METADATA, read_history
 from training_loops import replica_share
 
@@ -88,12 +90,36 @@ def test_a_batch_that_does_not_split_evenly_is_refused_with_the_nearest_that_do(
     distribution._check_batch_splits(128, 2)  # no error
 
 
+@pytest.mark.usefixtures("small_mnist")
+@pytest.mark.parametrize("sizes, message", [
+    ((513, 256), "513 images at --batch-size 128 leave a last batch of 1, too few for the 2 "
+                 "replicas (a replica given no image fails): use --train-samples 512"),
+    ((512, 129), "129 images at --batch-size 128 leave a last batch of 1, too few for the 2 "
+                 "replicas (a replica given no image fails): use --test-samples 128"),
+])
+def test_a_last_batch_with_an_image_too_few_for_the_replicas_is_refused(sizes, message,
+                                                                        monkeypatch):
+    # On 2 replicas a last batch of 1 image leaves one replica none, and
+    # TensorFlow's CPU convolution fails on it at the end of the first epoch.
+    monkeypatch.setattr(distribution, "_replicas_of_run", 2)
+    config = settings(data_dir="", train_samples=sizes[0], test_samples=sizes[1],
+                      image_size=28, channels=1)
+    with pytest.raises(RunError, match="^" + re.escape(message) + "$"):
+        load_images(config)
+    load_images(settings(data_dir="", train_samples=514, test_samples=130, image_size=28,
+                         channels=1))  # 2 images left over: one for each replica
+
+
 @pytest.mark.parametrize("tf_config, message", [
     (None, "reads the cluster from the TF_CONFIG environment variable, which is not set"),
     ("{not json", r"TF_CONFIG does not describe a cluster \(Expecting property name"),
     ('{"cluster": {"worker": ["a:1"]}}', r"TF_CONFIG does not describe a cluster \(no 'task'\)"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
      r"TF_CONFIG's task \(worker 1\) is not in its cluster"),
+    ('{"cluster": {"worker": ["localhost:notaport"]}, "task": {"type": "worker", "index": 0}}',
+     r"TF_CONFIG's cluster lists 'localhost:notaport', not a host:port address"),
+    ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}',
+     r"TF_CONFIG's cluster lists 'b', not a host:port address"),
 ])
 def test_a_missing_or_unreadable_tf_config_is_refused_in_one_line(tf_config, message,
                                                                   monkeypatch):

@@ -444,6 +444,14 @@ def test_class_names_are_drawn_as_written_and_long_ones_make_short_file_names(tm
         (tmp_path / f"manifold_class_{stem}.png").write_bytes(b"")  # the file system takes it
 
 
+def test_class_names_that_make_the_same_file_name_get_files_of_their_own():
+    # "a b" and "a_b" both become a_b; numbered, the first would be a_b_1,
+    # which a class is already named.
+    stems = visualization_utils.file_stems(["a b", "a_b", "a_b_1"])
+    assert len(set(stems)) == 3
+    assert visualization_utils.file_stems(["circle", "square"]) == ["circle", "square"]
+
+
 @pytest.mark.usefixtures("without_figures")
 def test_an_image_deleted_during_a_streamed_run_is_named_in_one_line(
         tmp_path, shapes_folder, quick_classifier, monkeypatch, capsys):

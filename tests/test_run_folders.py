@@ -13,7 +13,7 @@ import cvae_onehot
 from support import errors
 from support import run_folder as runs
 from support.run_folder import RUN_FILES
-from test_end_to_end import (history_epochs, interrupt_backup_at_epoch, run_interrupted,
+from test_end_to_end import (SMALL_RUN, history_epochs, interrupt_backup_at_epoch, run_interrupted,
                              run_script)
 
 
@@ -189,6 +189,22 @@ def test_a_users_file_inside_a_runs_backup_folder_is_never_deleted(tmp_path, cap
     assert (tmp_path / "metrics.json").exists()
 
 
+def test_a_link_the_user_put_in_a_runs_folder_is_never_removed(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    a_finished_runs_folder(folder)
+    users_logs = tmp_path / "my_logs"
+    users_logs.mkdir()
+    (users_logs / "notes.txt").write_text("precious")
+    (folder / "backup").symlink_to(users_logs)  # in place of a folder the run owns
+    assert run_main_expecting_failure(folder, "--epochs", "1", "--overwrite") == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "holds files that no run of this project wrote (backup)" in error
+    assert (folder / "backup").is_symlink() and (folder / "metrics.json").exists()
+    assert (users_logs / "notes.txt").read_text() == "precious"
+
+
 @pytest.mark.usefixtures("without_figures")
 def test_a_rerun_after_a_kill_while_the_first_backup_was_written_starts_afresh(
         tmp_path, small_mnist, capsys):
@@ -249,6 +265,49 @@ def test_a_disk_that_fills_up_while_the_run_writes_ends_in_one_line(
 
 
 @pytest.mark.usefixtures("without_figures")
+def an_interrupted_runs_folder(folder, saved_config, metadata):
+    """A folder as an interrupted run leaves it, its backup's files written
+    by hand (the weights are never read: the refusals come first)."""
+    (folder / RUN_FILES).write_text(json.dumps(["backup", "config.json"]))
+    (folder / "config.json").write_text(json.dumps(saved_config))
+    (folder / "backup").mkdir()
+    (folder / "backup" / "config.json").write_text(json.dumps(saved_config))
+    (folder / "backup" / "training_metadata.json").write_text(metadata)
+
+
+def this_runs_config(output_dir, *flags):
+    """config.json as `run_script(output_dir, *flags)` would write it."""
+    config = cvae_onehot.parse_settings([*SMALL_RUN, "--output-dir", str(output_dir), *flags])
+    return json.loads(json.dumps(vars(config), default=str))
+
+
+@pytest.mark.parametrize("metadata", ['{"epoch": "x"}', '{"epoch": -1}', "[1]", "{epoch",
+                                      "\xff"])
+def test_a_damaged_backup_record_is_named_in_one_line(tmp_path, metadata, capsys):
+    an_interrupted_runs_folder(tmp_path, this_runs_config(tmp_path, "--epochs", "2"), metadata)
+    for flags in ([], ["--resume"]):
+        assert run_main_expecting_failure(tmp_path, "--epochs", "2", *flags) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1
+        assert (f"the backup in {tmp_path / 'backup'} cannot be loaded "
+                "(training_metadata.json: ") in error
+        assert error.rstrip().endswith("start afresh with --overwrite")
+    assert (tmp_path / "backup" / "training_metadata.json").read_text() == metadata
+
+
+def test_a_run_of_another_version_of_the_project_is_not_resumed(tmp_path, capsys):
+    older = this_runs_config(tmp_path, "--epochs", "2")
+    del older["channels"], older["kl_cycles"]  # flags that version did not have
+    older["dropout"] = 0.1  # and one this version does not have
+    an_interrupted_runs_folder(tmp_path, older, '{"epoch": 1}')
+    assert run_main_expecting_failure(tmp_path, "--epochs", "2", "--resume") == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert (f"the interrupted run in {tmp_path} was made by another version of this project "
+            "(settings channels, dropout, kl_cycles are in one version only)") in error
+    assert error.rstrip().endswith("start afresh with --overwrite")
+
+
 def test_a_backup_that_cannot_be_loaded_ends_a_resume_in_one_line(tmp_path, small_mnist,
                                                                   monkeypatch, capsys):
     run_interrupted(tmp_path, monkeypatch, epochs=2, epoch=0)
