@@ -176,29 +176,39 @@ def importance_weighted_nll(vae, inputs, targets, samples, seed, decodes_per_cal
     `targets` are NumPy arrays (or tuples of them) as the model takes them.
     Returns the means over the images, in nats: "iwae" and "elbo", and the
     standard error of "iwae" from the spread between images.
+
+    The decoder sees at most `decodes_per_call` draws of 28x28 images at a
+    time (fewer for larger images), so that memory stays bounded however
+    many draws are asked for.
     """
     images_and_labels = inputs if vae.conditional else (inputs, None)
+    pixels = int(np.prod(np.shape(targets)[1:]))
+    decodes_per_call = max(1, decodes_per_call * 28 * 28 // pixels)
     batch_size = max(1, decodes_per_call // samples)  # images per call
     rng = np.random.default_rng(seed)
-    bounds = tf.function(_bounds)  # compiled once, called batch after batch
+    log_weights_of = tf.function(_log_weights)  # compiled once per shape of a call
     iwae, elbo = [], []
     for start in range(0, len(targets), batch_size):
         batch = slice(start, start + batch_size)
         images, labels = (part[batch] if part is not None else None
                           for part in images_and_labels)
         epsilon = rng.standard_normal((samples, len(images), vae.latent_dim), "float32")
-        batch_iwae, batch_elbo = bounds(vae, images, labels, targets[batch], epsilon)
-        iwae.append(-ops.convert_to_numpy(batch_iwae))
-        elbo.append(-ops.convert_to_numpy(batch_elbo))
+        draws_per_call = max(1, decodes_per_call // len(images))
+        log_weights = np.concatenate([  # (samples, images)
+            ops.convert_to_numpy(log_weights_of(vae, images, labels, targets[batch],
+                                                epsilon[first:first + draws_per_call]))
+            for first in range(0, samples, draws_per_call)])
+        iwae.append(np.log(samples) - ops.convert_to_numpy(ops.logsumexp(log_weights, axis=0)))
+        elbo.append(-log_weights.mean(axis=0))
     iwae, elbo = np.concatenate(iwae), np.concatenate(elbo)
     return {"iwae": float(iwae.mean()), "elbo": float(elbo.mean()),
             "iwae_standard_error": float(iwae.std(ddof=1) / np.sqrt(len(iwae)))
             if len(iwae) > 1 else None}
 
 
-def _bounds(vae, images, labels, targets, epsilon):
-    """Per image: the importance-weighted bound and the ELBO on log p, from
-    the draws `epsilon` ~ N(0, I) of shape (samples, images, latent_dim)."""
+def _log_weights(vae, images, labels, targets, epsilon):
+    """log p(x | z) + log p(z) - log q(z | x) for each of the draws `epsilon`
+    ~ N(0, I) of shape (draws, images, latent_dim): shape (draws, images)."""
     z_mean, z_log_var = vae.encode(images, labels)
     samples, n, latent_dim = ops.shape(epsilon)
     z = z_mean + ops.exp(0.5 * z_log_var) * epsilon  # (samples, n, latent_dim)
@@ -209,10 +219,7 @@ def _bounds(vae, images, labels, targets, epsilon):
     log_2pi = math.log(2 * math.pi)
     log_p_z = -0.5 * ops.sum(ops.square(z) + log_2pi, axis=-1)
     log_q_z = -0.5 * ops.sum(ops.square(epsilon) + log_2pi + z_log_var, axis=-1)
-    log_weights = log_p_x_given_z + log_p_z - log_q_z  # (samples, n)
-    iwae = ops.logsumexp(log_weights, axis=0) - ops.log(ops.cast(samples, "float32"))
-    elbo = ops.mean(log_weights, axis=0)
-    return iwae, elbo
+    return log_p_x_given_z + log_p_z - log_q_z
 
 
 def _repeat(array, times):

@@ -83,6 +83,24 @@ def test_the_importance_weighted_bound_approaches_the_exact_likelihood(test_digi
     assert many["iwae"] <= many["elbo"]
 
 
+def test_the_bound_is_the_same_however_few_draws_are_decoded_at_a_time(test_digits,
+                                                                        monkeypatch):
+    images, _ = test_digits
+    vae = denoising_vae.build_vae(SimpleNamespace(latent_dim=4, seed=0, beta=1.0))
+    decoded_rows = []
+    decode_logits = vae.decode_logits
+    monkeypatch.setattr(vae, "decode_logits", lambda z, *labels: (
+        decoded_rows.append(z.shape[0]), decode_logits(z, *labels))[1])
+    at_once = importance_weighted_nll(vae, images[:3], images[:3], samples=300, seed=3,
+                                      decodes_per_call=1000)
+    decoded_rows.clear()
+    few_at_a_time = importance_weighted_nll(vae, images[:3], images[:3], samples=300, seed=3,
+                                            decodes_per_call=64)
+    assert max(decoded_rows) <= 64  # memory stays bounded by the draws per call
+    for bound in ("iwae", "elbo"):
+        assert few_at_a_time[bound] == pytest.approx(at_once[bound], rel=1e-5)
+
+
 def test_one_sample_gives_the_elbo(test_digits):
     images, _ = test_digits
     vae = denoising_vae.build_vae(SimpleNamespace(latent_dim=4, seed=0, beta=1.0))
