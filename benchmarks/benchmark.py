@@ -80,8 +80,8 @@ import denoising_vae  # noqa: E402
 from support.distribution import make_strategy  # noqa: E402
 from support.image_data import NUM_CLASSES, load_image_folder, load_mnist_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
-from support.errors import run_main  # noqa: E402
-from support.flags import OneLineErrorParser, check_image_size, output_file_problem  # noqa: E402
+from support.errors import OneLineErrorParser, integer_between, run_main  # noqa: E402
+from support.flags import check_image_size, output_file_problem  # noqa: E402
 from training_loops import train  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}  # Keras policy: compute dtype
@@ -560,15 +560,21 @@ def print_replica_row(row, rows, flush=False):
           f"{first['ms_per_step']['median'] / ms['median']:>12.2f}", flush=flush)
 
 
+def first_given(value, default):
+    """`value`, unless the flag was not given (None)."""
+    return default if value is None else value
+
+
 def main(argv=None):
     parser = OneLineErrorParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=integer_between(2, 1_000_000), default=None,
                         help="steps per repeat (default 469: one MNIST epoch at batch 128, "
                         "as the scripts run, so per-epoch costs weigh as they do there; "
                         "20 with --image-sizes, 50 with --replicas)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per model")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--test-images", type=int, default=None,
+    parser.add_argument("--repeats", type=integer_between(1, 1000), default=None,
+                        help="timed repeats per model (default 3)")
+    parser.add_argument("--batch-size", type=integer_between(1, 60_000), default=128)
+    parser.add_argument("--test-images", type=integer_between(1, 10_000), default=None,
                         help="images in the test-set pass after each epoch (default 10,000, "
                         "as the scripts use; 512 with --image-sizes or --replicas)")
     parser.add_argument("--image-sizes", type=int, nargs="+", metavar="SIZE",
@@ -580,7 +586,8 @@ def main(argv=None):
                         help="with --image-sizes: train on this folder of images (one "
                         "subfolder per class) instead of MNIST, once with them held in "
                         "memory and once streamed from disk, to compare")
-    parser.add_argument("--matmul-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-size", type=integer_between(1, 16_384), default=None,
+                        help=argparse.SUPPRESS)
     # One (model, size, precision, images) of the sweep, run by `size_sweep`
     # in a process of its own.
     parser.add_argument("--one-size", nargs=4, metavar=("MODEL", "SIZE", "PRECISION", "IMAGES"),
@@ -610,13 +617,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sweep = bool(args.image_sizes)
     any_sweep = sweep or bool(args.replicas or args.one_replica_setting)
+    if args.quick and (args.steps, args.repeats, args.test_images) != (None, None, None):
+        parser.error("--quick sets --steps, --repeats and --test-images itself: give either")
     steps, repeats, test_images, matmul_size = (
         (5, 2, 256, 512) if args.quick
-        else (args.steps or (20 if sweep else 50 if any_sweep else 469), args.repeats,
-              args.test_images or (512 if any_sweep else 10_000), args.matmul_size or 2048))
-    if min(repeats, args.batch_size, test_images) < 1 or steps < 2:
-        parser.error("--repeats, --batch-size and --test-images must be positive, "
-                     "--steps at least 2")
+        else (first_given(args.steps, 20 if sweep else 50 if any_sweep else 469),
+              first_given(args.repeats, 3),
+              first_given(args.test_images, 512 if any_sweep else 10_000),
+              first_given(args.matmul_size, 2048)))
     if sweep and args.jit_compile:
         parser.error("--jit-compile applies to the bare step, which --image-sizes does not run")
     if args.folder and not (sweep or args.one_size):

@@ -33,8 +33,8 @@ import denoising_vae  # noqa: E402
 from benchmark import CHAPTERS  # noqa: E402
 from support.digit_classifier import classifier_for_run  # noqa: E402
 from support.evaluation import conditional_accuracy, image_quality, scored_test_images  # noqa: E402
-from support.errors import run_main  # noqa: E402
-from support.flags import OneLineErrorParser, output_file_problem  # noqa: E402
+from support.errors import OneLineErrorParser, run_main  # noqa: E402
+from support.flags import output_file_problem  # noqa: E402
 from support.image_data import load_images  # noqa: E402
 from support.numerics import make_reproducible, precision  # noqa: E402
 from support.run_folder import save_json  # noqa: E402
@@ -129,6 +129,20 @@ def measure_training(chapter_name, chapter_flags=(), after=None):
     return measurer.rows
 
 
+# The chapter's flags that a measured run cannot honour: it trains in a
+# temporary folder, on one device, without TensorBoard logs.
+NOT_MEASURED = ("--output-dir", "--resume", "--overwrite", "--explore", "--tensorboard",
+                "--distribute", "--replicas", "--worker-timeout")
+
+
+def refuse_flags_of_a_run_folder(parser, chapter_flags):
+    for flag in chapter_flags:
+        if flag.split("=")[0] in NOT_MEASURED:
+            parser.error(f"{flag.split('=')[0]} is not for a measured run, which trains on one "
+                         "device in a temporary folder, removed at the end: run the chapter "
+                         "itself for that")
+
+
 def main(argv=None):
     parser = OneLineErrorParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                 epilog="Other flags go to the chapter, as on its command line.")
@@ -138,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON file (default outputs/how_much_training_<chapter>.json)")
     config, chapter_flags = parser.parse_known_args(argv)
+    refuse_flags_of_a_run_folder(parser, chapter_flags)
     output = config.output or REPO / "outputs" / f"how_much_training_{config.chapter}.json"
     if output_file_problem(output):
         parser.error(f"--output {output}: {output_file_problem(output)}")

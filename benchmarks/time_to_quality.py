@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from support import startup  # noqa: E402, F401  (first: quiets TensorFlow as it loads)
 
-from how_much_training import CHAPTERS, measure_training  # noqa: E402
-from support.errors import run_main  # noqa: E402
-from support.flags import OneLineErrorParser, output_file_problem  # noqa: E402
+from how_much_training import CHAPTERS, measure_training, refuse_flags_of_a_run_folder  # noqa: E402, E501
+from support.errors import OneLineErrorParser, run_main  # noqa: E402
+from support.flags import output_file_problem  # noqa: E402
 from support.run_folder import save_json  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
@@ -116,6 +116,7 @@ def main(argv=None):
                                  else FAST_RECIPES[config.chapter])
     except ValueError as error:  # an unclosed quote
         parser.error(f"--fast {config.fast!r}: {error}")
+    refuse_flags_of_a_run_folder(parser, shared_flags + fast_flags)
     output = config.output or REPO / "outputs" / f"time_to_quality_{config.chapter}.json"
     if output_file_problem(output):
         parser.error(f"--output {output}: {output_file_problem(output)}")

@@ -11,12 +11,14 @@ shows that mixed formats and sizes are read (a wider image is cropped to its
 centred square).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for support/
+from support.errors import OneLineErrorParser, RunError, integer_between, run_main  # noqa: E402
 
 SHAPES = {"circle": ".png", "square": ".jpg", "triangle": ".bmp"}
 
@@ -54,18 +56,22 @@ def write_shapes_folder(folder, images_per_class=1000, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="where the class folders go")
-    parser.add_argument("--images-per-class", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images-per-class", type=integer_between(1, 100_000), default=1000)
+    parser.add_argument("--seed", type=integer_between(0, 2**32 - 1), default=0)
     config = parser.parse_args(argv)
-    if config.images_per_class < 1:
-        parser.error("--images-per-class must be at least 1")
+    if config.folder.exists() and not config.folder.is_dir():
+        parser.error(f"{config.folder} is a file, not a folder")
     if config.folder.exists() and any(config.folder.iterdir()):
         parser.error(f"{config.folder} is not empty: give a new folder")
-    write_shapes_folder(config.folder, config.images_per_class, config.seed)
+    try:
+        write_shapes_folder(config.folder, config.images_per_class, config.seed)
+    except OSError as error:  # a file on the way, no permission, a full disk
+        raise RunError(f"cannot write {config.folder}: {error.strerror}: "
+                       f"{error.filename}") from None
     print(f"Wrote {3 * config.images_per_class:,} images to {config.folder}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

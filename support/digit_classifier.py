@@ -24,8 +24,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from support.errors import RunError, first_line, run_main
-from support.flags import OneLineErrorParser, integer_between
+from support.errors import OneLineErrorParser, RunError, first_line, integer_between, run_main
 from support.image_data import (IMAGE_SHAPE, NUM_CLASSES, ShuffleByEpoch, images_at_size,
                         load_mnist_images, make_dataset, resize_images)
 from support.mnist import keras_datasets_dir

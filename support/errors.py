@@ -4,15 +4,19 @@ A chapter's `if __name__ == "__main__":` hands its `main` to `run_main`. A
 failure a user can meet at run time (MNIST not found, a model not yet
 trained, a loss that diverged) raises a `RunError` whose message says what is
 wrong and how to fix it; `run_main` prints that message alone. (A wrong flag
-is caught earlier, by the argument parser, with exit status 2.) Anything
+is caught earlier, by the argument parser, `OneLineErrorParser`, with exit
+status 2.) Anything
 else is a bug of ours and keeps its traceback.
 """
 
+import argparse
 import contextlib
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 
 
 @contextlib.contextmanager
@@ -41,6 +45,27 @@ def first_line(error):
     return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def integer_between(lowest, highest):
+    """An argparse type: an integer from `lowest` to `highest`, or a one-line error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {lowest} to {highest:,}, got {text!r}")
+        return value
+    return parse
+
+
 class RunError(RuntimeError):
     """An expected failure: `run_main` prints its message, no traceback."""
 
@@ -63,12 +88,23 @@ class RunInterrupted(KeyboardInterrupt):
 
 def run_main(main):
     """Runs a script's `main()` as the whole process: expected failures end
-    it with one message and an exit status."""
+    it with one message and an exit status. SIGTERM (`kill`, `timeout`, a
+    job scheduler) stops it as Ctrl-C does, so that a run says what is
+    backed up and a temporary folder is removed, with status 143."""
+    stop_signals = []
+
+    def stop_as_ctrl_c_does(signal_number, frame):
+        stop_signals.append(signal_number)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # the only thread that may set a handler
+        previous_handler = signal.signal(signal.SIGTERM, stop_as_ctrl_c_does)
     try:
         main()
     except KeyboardInterrupt as interruption:
         print(f"\n{str(interruption) or 'Interrupted.'}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + stop_signals[0] if stop_signals else 130)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -78,3 +114,6 @@ def run_main(main):
         where = f" writing {error.filename}" if error.filename else ""
         print(f"error: the disk is full{where}. {DISK_FULL_ADVICE}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)

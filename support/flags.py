@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from support.distribution import DISTRIBUTE_CHOICES
+from support.errors import OneLineErrorParser
 from training_loops import LEARNING_RATE_SCHEDULES, conv_filters
 
 # The options every chapter shares: NAME: (default, help). A chapter may give
@@ -89,13 +90,6 @@ def _takes(image_size):
 
 
 CHECKS = {"IMAGE_SIZE": check_image_size}
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, with exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 # Numbers that may be 0; every other number must be positive.
@@ -317,20 +311,6 @@ def _folder(text):
         raise argparse.ArgumentTypeError("expected a folder, got an empty path (for the "
                                          "current folder, give '.')")
     return Path(text)
-
-
-def integer_between(lowest, highest):
-    """An argparse type: an integer from `lowest` to `highest`, or a one-line error."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not lowest <= value <= highest:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer from {lowest} to {highest:,}, got {text!r}")
-        return value
-    return parse
 
 
 def output_file_problem(path):

@@ -237,6 +237,18 @@ def test_the_benchmarks_refuse_bad_input_in_one_line_before_measuring(tmp_path, 
         (how_much_training.main, ["cvae_onehot", "--output", str(a_file / "out.json")],
          f"{a_file} is a file, not a folder"),
         (benchmark.main, ["--bogus"], "unrecognized arguments: --bogus"),
+        # 0 once fell back to the default: a full benchmark of 469 steps.
+        (benchmark.main, ["--steps", "0"], "--steps: expected an integer from 2 to"),
+        (benchmark.main, ["--quick", "--repeats", "1"],
+         "--quick sets --steps, --repeats and --test-images itself: give either"),
+        (benchmark.main, ["--test-images", "0"], "--test-images: expected an integer from 1"),
+        # A measured run trains in a temporary folder: the chapter's flags for
+        # a run folder would be ignored without a word.
+        (how_much_training.main, ["cvae_onehot", "--output-dir", str(tmp_path)],
+         "--output-dir is not for a measured run"),
+        (how_much_training.main, ["cvae_onehot", "--explore"], "--explore is not for a measured"),
+        (time_to_quality.main, ["cvae_onehot", "--fast", "--resume --epochs 2"],
+         "--resume is not for a measured run"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

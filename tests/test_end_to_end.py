@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import signal
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -378,3 +382,22 @@ def test_run_main_turns_known_failures_into_messages(failure, status, message, c
     assert exit_info.value.code == status
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def test_sigterm_stops_a_script_as_ctrl_c_does_and_leaves_no_temporary_folder(tmp_path,
+                                                                             capsys):
+    scratch = []
+
+    def stopped_by_a_scheduler():
+        with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+            scratch.append(folder)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(stopped_by_a_scheduler)
+    assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports it
+    assert capsys.readouterr().err == "\nInterrupted.\n"
+    assert not Path(scratch[0]).exists()
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # given back

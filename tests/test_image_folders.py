@@ -17,6 +17,7 @@ import cvae_embedding
 import cvae_onehot
 import denoising_vae
 import visualization_utils
+from examples import make_shapes_folder
 from support import digit_classifier
 from support.batch_prediction import decode_in_batches
 from support import errors
@@ -481,3 +482,23 @@ def test_a_split_that_leaves_a_class_without_training_images_is_refused(shapes_f
     with pytest.raises(ImageFolderError, match=r"--test-fraction 0\.99 of --data-dir .* leaves "
                                                r"no training image of (circle|square|triangle)"):
         load(shapes_folder, fraction=0.99)
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["--seed", "-1"], 2, "argument --seed: expected an integer from 0 to 4,294,967,295"),
+    (["--images-per-class", "0"], 2, "argument --images-per-class: expected an integer from 1"),
+    (["a_file"], 2, "a_file is a file, not a folder"),
+    (["a_file/shapes"], 1, "cannot write"),
+])
+def test_the_shapes_example_refuses_bad_input_in_one_line(argv, status, message, tmp_path,
+                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    if not argv[0].startswith("a_file"):
+        argv = ["shapes", *argv]
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_main(lambda: make_shapes_folder.main(argv))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == status and error.count("\n") == 1
+    assert message in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
