@@ -74,6 +74,12 @@ def load_mnist(path=None, verbose=True):
         _report(verbose, f"MNIST: loaded from {path}")
         return data
 
+    keras_home = keras_datasets_dir().parent
+    if keras_home.exists() and not keras_home.is_dir():  # each source would fail, unexplained
+        named = f"KERAS_HOME={keras_home}" if "KERAS_HOME" in os.environ else str(keras_home)
+        raise MnistError(f"{named} is a file, not a folder: Keras keeps its data sets, MNIST "
+                         "among them, in its datasets folder. Point KERAS_HOME at a folder, or "
+                         "move the file away.")
     keras_npz = keras_datasets_dir() / "mnist.npz"
     idx_cache = keras_datasets_dir() / "mnist-idx"
     failures = []

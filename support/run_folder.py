@@ -160,6 +160,9 @@ def check_output_dir(output_dir):
     """Makes `output_dir` if needed, or says in one line why it cannot be used."""
     if output_dir.exists() and not output_dir.is_dir():
         raise RunError(f"--output-dir {output_dir} is a file, not a folder")
+    if output_dir.is_symlink() and not output_dir.exists():
+        raise RunError(f"--output-dir {output_dir} is a link to {os.readlink(output_dir)}, "
+                       "which does not exist")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

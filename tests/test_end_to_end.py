@@ -300,6 +300,8 @@ def test_resume_of_a_finished_run_is_refused_and_changes_nothing(tmp_path, small
     (lambda tmp: (tmp / "a_file").write_text("x") and tmp / "a_file", "is a file, not a folder"),
     (lambda tmp: (tmp / "a_file").write_text("x") and tmp / "a_file" / "below",
      "cannot make --output-dir"),
+    (lambda tmp: (tmp / "gone").symlink_to(tmp / "nowhere") or tmp / "gone",
+     "is a link to {tmp}/nowhere, which does not exist"),
 ])
 def test_an_unusable_output_dir_gets_one_line(tmp_path, make_bad_dir, message, capsys):
     bad_dir = make_bad_dir(tmp_path)
@@ -307,7 +309,8 @@ def test_an_unusable_output_dir_gets_one_line(tmp_path, make_bad_dir, message, c
         errors.run_main(lambda: run_script(bad_dir, "--epochs", "1"))
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and message in error and str(bad_dir) in error
+    assert error.count("\n") == 1 and str(bad_dir) in error
+    assert message.format(tmp=tmp_path) in error
 
 
 @pytest.mark.usefixtures("without_figures")

@@ -76,6 +76,15 @@ def test_mnist_path_environment_variable_is_used_and_reported(tmp_path, monkeypa
     assert capsys.readouterr().out.strip() == f"MNIST: loaded from {folder}"
 
 
+def test_a_keras_home_that_is_a_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_PATH", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "a_file"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(MnistError, match=f"^KERAS_HOME={tmp_path / 'a_file'} is a file, not a "
+                                         "folder: Keras keeps its data sets"):
+        load_mnist()
+
+
 def test_truncated_idx_file_is_a_clear_error(tmp_path):
     folder = write_idx_folder(tmp_path / "idx", fake_mnist(), gzipped=False)
     images = folder / "train-images-idx3-ubyte"
