@@ -8,7 +8,9 @@ any --beta), the conditional accuracy (conditional chapters) or the PSNR and
 SSIM of the restored test digits (the denoiser), and the training time so
 far. The measuring is not counted in that time. Any flag of the chapter
 (`--epochs`, `--lr-schedule`, `--train-samples`, ...) sets up the run;
-without any it is the reference run.
+without any it is the reference run. The flags of a run folder
+(`--output-dir`, `--resume`, `--explore`, ...) are refused: the measured run
+trains on one device in a temporary folder.
 
     python benchmarks/how_much_training.py cvae_onehot          # 10 epochs, about 9 minutes on 2 cores
     python benchmarks/how_much_training.py denoising_vae --after 1 3 5
