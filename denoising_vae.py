@@ -121,7 +121,9 @@ def occlude(images, rng, side_fraction=10 / 28):
     height, width = images.shape[1:3]
     size = round(side_fraction * min(height, width))
     for image in damaged:
-        ink_rows, ink_columns = np.nonzero(image.mean(axis=-1) > 0.5)
+        brightness = image.mean(axis=-1)
+        # Ink: the pixels at least mid-grey (in a faint image, its brightest).
+        ink_rows, ink_columns = np.nonzero(brightness >= min(0.5, brightness.max()))
         centre = rng.integers(len(ink_rows))
         top = np.clip(ink_rows[centre] - size // 2, 0, height - size)
         left = np.clip(ink_columns[centre] - size // 2, 0, width - size)

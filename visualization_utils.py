@@ -308,6 +308,8 @@ def plot_label_embedding(vectors, path, class_names=DIGIT_NAMES):
     vectors = np.asarray(vectors, dtype="float64")
     similarity = cosine_similarity(vectors)
     centred = vectors - vectors.mean(axis=0)
+    if centred.shape[1] == 1:  # 1-d vectors: a second axis of zeros, to draw a plane
+        centred = np.column_stack([centred, np.zeros(len(centred))])
     _, singular_values, axes_of_variation = np.linalg.svd(centred, full_matrices=False)
     projected = centred @ axes_of_variation[:2].T
     explained = singular_values[:2] ** 2 / np.sum(singular_values**2)

@@ -304,11 +304,18 @@ def _is_image(path):
 
 def _image_paths(folder):
     """The images in `folder` and its subfolders, as Keras' loader finds
-    them, in sorted order however the disk lists them."""
-    for parent, subfolders, names in os.walk(folder, followlinks=False):
-        subfolders.sort()
-        yield from (Path(parent) / name for name in sorted(names)
-                    if name.lower().endswith(IMAGE_SUFFIXES))
+    them, in sorted order however the disk lists them. Keras walks each
+    class folder from its own root: a class folder that is a link is read,
+    links further down are not."""
+    folder = Path(folder)
+    entries = sorted(folder.iterdir())
+    yield from (path for path in entries if not path.is_dir()  # a file, or a broken link
+                and path.name.lower().endswith(IMAGE_SUFFIXES))
+    for subfolder in (path for path in entries if path.is_dir()):
+        for parent, subfolders, names in os.walk(subfolder, followlinks=False):
+            subfolders.sort()
+            yield from (Path(parent) / name for name in sorted(names)
+                        if name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def _count_images(folder):
@@ -386,9 +393,29 @@ def _load(files, data_dir):
         raise
 
 
-def _refuse_undecodable_images(paths, data_dir, images_per_batch=1024):
-    """Decodes every image once, in parallel, and raises an ImageFolderError
-    naming the first that does not decode, if one does not."""
+def _refuse_undecodable_images(paths, data_dir):
+    """Raises an ImageFolderError naming the first of `paths` that does not
+    decode, if one does not."""
+    undecodable = _first_undecodable_image(paths)
+    if undecodable:
+        path, reason = undecodable
+        raise ImageFolderError(f"cannot read the image {path} in --data-dir {data_dir} "
+                               f"({reason}): remove it, or save it again as PNG or JPEG")
+
+
+def image_damaged_during_run(data_dir):
+    """The one-line error for an image of `data_dir` that stopped decoding
+    while a run read it from disk: which image, and what to do."""
+    undecodable = _first_undecodable_image([str(path) for path in _image_paths(data_dir)])
+    what = "{} ({})".format(*undecodable) if undecodable else f"an image of {data_dir}"
+    return RunError(f"cannot decode {what}, which changed during the run: put the original "
+                    "back, then run the same command with --resume, or start afresh with "
+                    "--overwrite")
+
+
+def _first_undecodable_image(paths, images_per_batch=1024):
+    """(path, TensorFlow's reason) for the first of `paths` that does not
+    decode, or None. Every image is decoded once, in parallel."""
     files = tf.data.Dataset.from_tensor_slices((paths, tf.range(len(paths), dtype="int64")))
     decoded = files.map(
         lambda path, index: (index, tf.image.decode_image(
@@ -401,16 +428,14 @@ def _refuse_undecodable_images(paths, data_dir, images_per_batch=1024):
         for indices in decoded_indices.as_numpy_iterator():
             readable[indices] = True
     if readable.all():
-        return
+        return None
     path = paths[np.flatnonzero(~readable)[0]]
     try:  # again, for TensorFlow's reason
         with library_output_silenced():
             tf.image.decode_image(tf.io.read_file(path), expand_animations=False)
-        reason = "it did not decode"
+        return path, "it did not decode"
     except tf.errors.OpError as error:
-        reason = first_line(error)
-    raise ImageFolderError(f"cannot read the image {path} in --data-dir {data_dir} ({reason}): "
-                           "remove it, or save it again as PNG or JPEG")
+        return path, first_line(error)
 
 
 def read_image_file(path, image_size, channels):

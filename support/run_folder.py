@@ -43,7 +43,7 @@ import tensorflow as tf
 from support.distribution import check_same_settings, is_chief, make_strategy, several_workers
 from support.numerics import make_reproducible
 from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted, first_line
-from support.image_data import folder_fingerprint
+from support.image_data import folder_fingerprint, image_damaged_during_run
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume. (Streaming from disk
@@ -116,6 +116,11 @@ def _run_in_folder(config, strategy):
             if not several_workers(strategy):
                 raise
             raise RunError(_worker_lost_message(output_dir, run.chief)) from None
+        except tf.errors.InvalidArgumentError as error:
+            if not (getattr(config, "data_dir", "") and "DecodeImage" in error.message):
+                raise
+            # An image of a folder read from disk was damaged after the start.
+            raise image_damaged_during_run(config.data_dir) from None
         except tf.errors.NotFoundError as error:  # an image of a streamed folder went missing
             missing = re.search(r"(\S+); No such file or directory", error.message)
             what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)

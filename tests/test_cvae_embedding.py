@@ -13,6 +13,7 @@ import cvae_embedding
 from support.image_data import make_dataset
 from support.numerics import make_reproducible
 from support.run_folder import read_history
+from visualization_utils import plot_label_embedding
 
 
 def concatenation_widths(model):
@@ -141,3 +142,10 @@ def test_cosine_similarity_of_known_vectors():
     vectors = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
     np.testing.assert_allclose(cosine_similarity(vectors), [
         [1, 1, 0, -1], [1, 1, 0, -1], [0, 0, 1, 0], [-1, -1, 0, 1]], atol=1e-12)
+
+
+@pytest.mark.parametrize("dimensions", [1, 2, 8])
+def test_the_embedding_figure_draws_vectors_of_any_length(dimensions, tmp_path):
+    vectors = np.random.default_rng(0).standard_normal((10, dimensions))
+    plot_label_embedding(vectors, tmp_path / "label_embedding.png")
+    assert (tmp_path / "label_embedding.png").stat().st_size > 0

@@ -105,6 +105,16 @@ def test_occlusion_hides_part_of_every_digit(digits):
     assert np.all(hidden_ink > 1.0)  # every square hides part of its digit
 
 
+def test_occlusion_of_a_faint_or_blank_image_covers_its_brightest_pixels():
+    # Small resized digits, and dark photographs, may have no pixel above
+    # mid-grey: the square is centred on their brightest pixel instead.
+    faint = np.zeros((2, 8, 8, 1), "float32")
+    faint[0, 6, 6] = 0.3
+    damaged = denoising_vae.occlude(faint, np.random.default_rng(0))
+    assert damaged[0, 6, 6] == 0.0  # the one bright pixel is covered
+    assert np.all(damaged[1] == 0.0)  # a blank image stays blank
+
+
 def test_salt_and_pepper_hits_about_the_given_fraction():
     grey = np.full((100, 28, 28, 1), 0.5, "float32")
     damaged = denoising_vae.salt_and_pepper(grey, np.random.default_rng(0), fraction=0.1)
@@ -227,6 +237,13 @@ def test_a_small_run_writes_every_output(finished_run):
     blurred = denoising_vae.blur(np.random.default_rng(0).uniform(size=(8, 28, 28, 1)))
     np.testing.assert_array_equal(denoising_vae.restore(reloaded, blurred),
                                   denoising_vae.restore(trained, blurred))
+
+
+def test_mean_ssim_of_images_smaller_than_its_window():
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(size=(4, 8, 8, 1)).astype("float32")
+    assert mean_ssim(clean, clean) == pytest.approx(1.0)
+    assert mean_ssim(rng.uniform(size=(4, 8, 8, 1)).astype("float32"), clean) < 0.5
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -6,6 +6,7 @@ examples/make_shapes_folder.py): nothing is downloaded.
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -430,6 +431,20 @@ def test_an_image_rewritten_in_place_with_the_same_size_changes_the_fingerprint(
     assert image_data.folder_fingerprint(folder) != before
 
 
+def test_the_images_of_a_class_folder_that_is_a_link_are_in_the_fingerprint(tmp_path):
+    # Keras' loader reads a class folder that is a link: a change there
+    # changes the split, and a --resume must see it.
+    elsewhere = tmp_path / "elsewhere"
+    for index in range(3):
+        write_image(tmp_path / "data" / "cat" / f"{index}.png")
+        write_image(elsewhere / f"{index}.png")
+    (tmp_path / "data" / "dog").symlink_to(elsewhere)
+    before = image_data.folder_fingerprint(tmp_path / "data")
+    assert before.startswith("6 images")
+    write_image(elsewhere / "3.png")
+    assert image_data.folder_fingerprint(tmp_path / "data").startswith("7 images")
+
+
 def test_class_names_are_drawn_as_written_and_long_ones_make_short_file_names(tmp_path):
     names = ["$\\x$", "é" * 240, "é" * 240 + "!"]
     z = np.random.default_rng(0).standard_normal((30, 2)).astype("float32")
@@ -454,28 +469,36 @@ def test_class_names_that_make_the_same_file_name_get_files_of_their_own():
 
 
 @pytest.mark.usefixtures("without_figures")
-def test_an_image_deleted_during_a_streamed_run_is_named_in_one_line(
-        tmp_path, shapes_folder, quick_classifier, monkeypatch, capsys):
+@pytest.mark.parametrize("change, message", [
+    (Path.unlink, "error: cannot read {image}: No such file or directory. Put it back, then run "
+                  "the same command with --resume"),
+    (lambda image: image.write_bytes(b"not an image" * 20),
+     "error: cannot decode {image} (Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, "
+     "BMP, WebP required.), which changed during the run: put the original back, then run "
+     "the same command with --resume"),
+], ids=["deleted", "damaged"])
+def test_an_image_deleted_or_damaged_during_a_streamed_run_is_named_in_one_line(
+        tmp_path, shapes_folder, quick_classifier, monkeypatch, capsys, change, message):
     folder = tmp_path / "data"
     shutil.copytree(shapes_folder, folder)
     make_datasets = cvae_onehot.datasets
 
-    def datasets_then_delete_the_images(*args, **kwargs):
+    def datasets_then_change_the_images(*args, **kwargs):
         made = make_datasets(*args, **kwargs)  # the training images are read as it trains
         for image in folder.rglob("*.png"):
-            image.unlink()
+            change(image)
         return made
 
-    monkeypatch.setattr(cvae_onehot, "datasets", datasets_then_delete_the_images)
+    monkeypatch.setattr(cvae_onehot, "datasets", datasets_then_change_the_images)
     with pytest.raises(SystemExit) as exit_info:
         errors.run_main(lambda: cvae_onehot.main([
             "--data-dir", str(folder), "--stream-from-disk", "--image-size", "16",
             *FOLDER_RUN, "--output-dir", str(tmp_path / "run")]))
     error = capsys.readouterr().err
     assert exit_info.value.code == 1 and error.count("\n") == 1
-    assert f"error: cannot read {folder}" in error and "No such file or directory" in error
+    image = re.search(r"(/\S+\.png)", error).group(1)
+    assert image.startswith(str(folder)) and message.format(image=image) in error
     assert "{{" not in error and "[Op:" not in error
-    assert "run the same command with --resume" in error
 
 
 def test_a_split_that_leaves_a_class_without_training_images_is_refused(shapes_folder):
