@@ -470,12 +470,12 @@ def test_class_names_that_make_the_same_file_name_get_files_of_their_own():
 
 @pytest.mark.usefixtures("without_figures")
 @pytest.mark.parametrize("change, message", [
-    (Path.unlink, "error: cannot read {image}: No such file or directory. Put it back, then run "
-                  "the same command with --resume"),
+    (Path.unlink, ["error: cannot read {image}: No such file or directory. Put it back, then "
+                   "run the same command with --resume"]),
     (lambda image: image.write_bytes(b"not an image" * 20),
-     "error: cannot decode {image} (Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, "
-     "BMP, WebP required.), which changed during the run: put the original back, then run "
-     "the same command with --resume"),
+     ["error: cannot decode {image} (Unknown image file format.",  # TensorFlow's words
+      "), which changed during the run: put the original back, then run the same command with "
+      "--resume"]),
 ], ids=["deleted", "damaged"])
 def test_an_image_deleted_or_damaged_during_a_streamed_run_is_named_in_one_line(
         tmp_path, shapes_folder, quick_classifier, monkeypatch, capsys, change, message):
@@ -497,7 +497,8 @@ def test_an_image_deleted_or_damaged_during_a_streamed_run_is_named_in_one_line(
     error = capsys.readouterr().err
     assert exit_info.value.code == 1 and error.count("\n") == 1
     image = re.search(r"(/\S+\.png)", error).group(1)
-    assert image.startswith(str(folder)) and message.format(image=image) in error
+    assert image.startswith(str(folder))
+    assert all(part.format(image=image) in error for part in message)
     assert "{{" not in error and "[Op:" not in error
 
 
