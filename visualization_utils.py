@@ -13,6 +13,7 @@ unless `class_names` says otherwise (a --data-dir's class folders).
 
 import os
 import re
+import warnings
 from statistics import NormalDist
 
 import numpy as np
@@ -30,6 +31,11 @@ from support.errors import RunError
 from support.evaluation import cosine_similarity
 from support.image_data import DIGIT_NAMES
 from support.run_folder import atomic_path, read_history
+
+# A class name in a script the font lacks (Chinese, say) is drawn as boxes,
+# and its files are named after it all the same: Matplotlib's warning for
+# every missing letter would only repeat that, on the terminal.
+warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 
 # Class names (a --data-dir's folder names) are drawn as written: a name with
 # $ signs in it is no formula for Matplotlib's mathtext to parse.

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from support import image_data
 from support.image_data import (ImageFiles, ImageFolderError, images_at_size, load_image_folder,
                         make_dataset)
 from support.run_folder import load_class_names, load_trained_model, read_history
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def load(folder, size=32, channels=3, fraction=0.25, seed=0, train=1000, test=1000,
@@ -458,6 +462,18 @@ def test_class_names_are_drawn_as_written_and_long_ones_make_short_file_names(tm
     assert len(set(stems)) == 3  # names that agree in their first bytes stay apart
     for stem in stems:
         (tmp_path / f"manifold_class_{stem}.png").write_bytes(b"")  # the file system takes it
+
+
+def test_a_class_name_the_font_cannot_draw_says_nothing_on_the_terminal(tmp_path):
+    # Each missing letter once made Matplotlib warn on stderr.
+    script = ("import numpy as np, visualization_utils as v; "
+              "v.plot_latent_space(np.zeros((4, 2)), np.arange(4) % 2, "
+              f"{str(tmp_path / 'latent.png')!r}, 'z', class_names=['日本', 'b'])")
+    child = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert child.returncode == 0, child.stderr
+    assert "Glyph" not in child.stderr
+    assert (tmp_path / "latent.png").exists()
 
 
 def test_class_names_that_make_the_same_file_name_get_files_of_their_own():
