@@ -308,6 +308,8 @@ def _image_paths(folder):
     class folder from its own root: a class folder that is a link is read,
     links further down are not."""
     folder = Path(folder)
+    if not folder.is_dir():  # none, as Keras finds; the folder's checks say why
+        return
     entries = sorted(folder.iterdir())
     yield from (path for path in entries if not path.is_dir()  # a file, or a broken link
                 and path.name.lower().endswith(IMAGE_SUFFIXES))
