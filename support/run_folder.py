@@ -84,8 +84,10 @@ def start_run(config):
     every output is written. On Ctrl-C: says what --resume will continue.
     """
     strategy = make_strategy(config)  # first: before TensorFlow touches a device
-    # Machines may hold their data in other folders; the rest must match.
-    check_same_settings(config, strategy, ignored=RUN_ONLY_SETTINGS | {"data_dir"})
+    # Machines may hold their data in other folders; the rest must match,
+    # also the number of epochs, which a single run may change on --resume.
+    check_same_settings(config, strategy,
+                        ignored=(RUN_ONLY_SETTINGS - {"epochs"}) | {"data_dir"})
     with _folder_of_this_worker(config, strategy):
         yield from _run_in_folder(config, strategy)
 

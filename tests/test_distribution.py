@@ -305,10 +305,12 @@ def test_a_worker_that_never_comes_is_named_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worker_started_with_other_settings_says_so(tmp_path):
+@pytest.mark.parametrize("other_setting", [["--latent-dim", "3"], ["--epochs", "2"]],
+                         ids=["latent-dim", "epochs"])
+def test_a_worker_started_with_other_settings_says_so(tmp_path, other_setting):
     ports = benchmark.free_ports(2)
     [chief] = start_workers(tmp_path / "run", "--worker-timeout", "20", ports=ports, indices=[0])
-    [other] = start_workers(tmp_path / "run", "--worker-timeout", "20", "--latent-dim", "3",
+    [other] = start_workers(tmp_path / "run", "--worker-timeout", "20", *other_setting,
                             ports=ports, indices=[1])
     code, _, stderr = finished(other, timeout=120)
     assert code == 1
