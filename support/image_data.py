@@ -14,6 +14,7 @@ import hashlib
 import functools
 import io
 import os
+import re
 from pathlib import Path
 
 import keras
@@ -405,9 +406,19 @@ def _refuse_undecodable_images(paths, data_dir):
                                f"({reason}): remove it, or save it again as PNG or JPEG")
 
 
-def image_damaged_during_run(data_dir):
-    """The one-line error for an image of `data_dir` that stopped decoding
-    while a run read it from disk: which image, and what to do."""
+def image_read_failure(error, data_dir):
+    """The one-line RunError for an image of `data_dir` that went missing, or
+    stopped decoding, while a run read it from disk (TensorFlow's `error`),
+    saying which image and what to do; None for an error of another kind."""
+    if not data_dir:
+        return None
+    if isinstance(error, tf.errors.NotFoundError):
+        missing = re.search(r"(\S+); No such file or directory", error.message)
+        what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)
+        return RunError(f"cannot read {what}. Put it back, then run the same command with "
+                        "--resume")
+    if "DecodeImage" not in error.message:
+        return None
     undecodable = _first_undecodable_image([str(path) for path in _image_paths(data_dir)])
     what = "{} ({})".format(*undecodable) if undecodable else f"an image of {data_dir}"
     return RunError(f"cannot decode {what}, which changed during the run: put the original "

@@ -43,7 +43,7 @@ import tensorflow as tf
 from support.distribution import check_same_settings, is_chief, make_strategy, several_workers
 from support.numerics import make_reproducible
 from support.errors import DISK_FULL_ADVICE, DiskFull, RunError, RunInterrupted, first_line
-from support.image_data import folder_fingerprint, image_damaged_during_run
+from support.image_data import folder_fingerprint, image_read_failure
 
 # Settings that change neither the model nor the data, or that only shape a
 # figure: they may differ between a run and its --resume. (Streaming from disk
@@ -118,16 +118,12 @@ def _run_in_folder(config, strategy):
             if not several_workers(strategy):
                 raise
             raise RunError(_worker_lost_message(output_dir, run.chief)) from None
-        except tf.errors.InvalidArgumentError as error:
-            if not (getattr(config, "data_dir", "") and "DecodeImage" in error.message):
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+            # An image of a folder read from disk went missing, or was damaged.
+            failure = image_read_failure(error, getattr(config, "data_dir", ""))
+            if failure is None:
                 raise
-            # An image of a folder read from disk was damaged after the start.
-            raise image_damaged_during_run(config.data_dir) from None
-        except tf.errors.NotFoundError as error:  # an image of a streamed folder went missing
-            missing = re.search(r"(\S+); No such file or directory", error.message)
-            what = f"{missing.group(1)}: No such file or directory" if missing else first_line(error)
-            raise RunError(f"cannot read {what}. Put it back, then run the same command with "
-                           "--resume") from None
+            raise failure from None
         _finish_run(config, run)
 
 
